@@ -1,0 +1,1 @@
+"""One module per `animegan` subcommand: argument parsing and a call into the library."""

@@ -1,0 +1,33 @@
+"""`animegan train`: train (or resume) the DCGAN on Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train or resume a DCGAN",
+        description="Train the DCGAN with TensorflowTrainer on a local Ray instance or a cluster. "
+                    "Running the same command with the same --workdir resumes from the latest checkpoint.",
+    )
+    from animegan.commands.config_flags import add_config_flags
+
+    add_config_flags(parser)
+    parser.add_argument("--address", help="Ray cluster address to join (default: RAY_ADDRESS, else a local instance)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from animegan.commands.config_flags import config_from_args
+    from animegan.launcher import resolve, run_training
+
+    config = config_from_args(args)
+    if args.dry_run:
+        resolved, index = resolve(config, write=False, log=lambda *_: None)
+        print(json.dumps(resolved.to_dict(), indent=2))
+        return 0
+    outcome = run_training(config, address=args.address)
+    return 0 if outcome.status == "finished" else 1

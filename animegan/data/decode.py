@@ -1,0 +1,75 @@
+"""Checking and decoding encoded images into 64x64 RGB tensors.
+
+A cheap byte-level check in Python catches non-images and truncated files
+before TensorFlow sees them, so that bad files are skipped and counted (with
+the reason) instead of failing a whole tf.data pipeline.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from animegan.config import IMAGE_SIZE
+
+_SIGNATURES = {
+    b"\xff\xd8\xff": "jpeg",
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+    b"BM": "bmp",
+}
+
+
+def image_format(data: bytes) -> str | None:
+    """'jpeg', 'png', 'gif', 'bmp' or 'webp' from the magic bytes; None when it is none of them."""
+    for signature, name in _SIGNATURES.items():
+        if data.startswith(signature):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def problem_with(data: bytes) -> str | None:
+    """Why these bytes cannot be a whole image, or None when they look decodable."""
+    if not data:
+        return "empty file"
+    kind = image_format(data)
+    if kind is None:
+        return "not an image (unknown file signature)"
+    # A JPEG ends with the EOI marker and a PNG with its IEND chunk; a file cut
+    # short in transfer lacks them. Some encoders pad after the end, so look at the tail.
+    if kind == "jpeg" and b"\xff\xd9" not in data[-64:]:
+        return "truncated JPEG (no end-of-image marker)"
+    if kind == "png" and b"IEND" not in data[-32:]:
+        return "truncated PNG (no IEND chunk)"
+    if kind == "webp" and len(data) < int.from_bytes(data[4:8], "little") + 8:
+        return "truncated WebP"
+    return None
+
+
+def decode_image(encoded: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
+    """Encoded bytes -> float32 [size, size, 3] in [0, 255].
+
+    Any channel layout (grey, grey+alpha, RGB, RGBA, palette) becomes RGB, with
+    transparency composited over white; the largest centred square is cropped
+    and resized with antialiasing.
+    """
+    image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    image = tf.cast(image, tf.float32)
+    channels = tf.shape(image)[-1]
+    rgb = tf.cond(channels < 3, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
+    has_alpha = tf.equal(channels % 2, 0)  # 2 (grey + alpha) or 4 (RGBA)
+    alpha = tf.cond(has_alpha, lambda: image[..., -1:] / 255.0, lambda: tf.ones_like(image[..., :1]))
+    rgb = rgb * alpha + 255.0 * (1.0 - alpha)
+
+    height, width = tf.shape(rgb)[0], tf.shape(rgb)[1]
+    side = tf.minimum(height, width)
+    rgb = tf.image.crop_to_bounding_box(rgb, (height - side) // 2, (width - side) // 2, side, side)
+    rgb = tf.cond(
+        tf.equal(side, size),
+        lambda: rgb,
+        lambda: tf.image.resize(rgb, [size, size], method="area", antialias=True),
+    )
+    rgb = tf.clip_by_value(rgb, 0.0, 255.0)
+    return tf.ensure_shape(rgb, [size, size, 3])

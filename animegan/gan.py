@@ -1,0 +1,138 @@
+"""The GAN update: one discriminator step and one generator step, correct on 1 or N replicas.
+
+Three rules make the step independent of how many replicas run it:
+- losses are summed per replica and divided by the *global* batch
+  (`tf.nn.compute_average_loss`), and the optimizer all-reduces gradients by SUM;
+- every replica draws the same global noise batch from a stateless seed and
+  takes its own slice, so replicas get distinct noise and the noise a given
+  example sees does not depend on the number of replicas;
+- the metrics are reduced across replicas inside the step, so every worker sees
+  identical numbers and makes identical decisions (stop on NaN, checkpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from animegan.config import TrainConfig
+from animegan.models import build_discriminator, build_generator
+
+# Order of the values a step returns.
+STEP_METRICS = ("loss/d", "loss/g", "d/real", "d/fake")
+
+
+@dataclass
+class GANState:
+    """Everything a checkpoint holds besides the data position."""
+
+    generator: keras.Model
+    discriminator: keras.Model
+    ema_generator: keras.Model
+    generator_optimizer: keras.optimizers.Optimizer
+    discriminator_optimizer: keras.optimizers.Optimizer
+    step: tf.Variable
+
+
+def build_state(config: TrainConfig) -> GANState:
+    """Models, EMA copy, optimizers (with their slots built) and the step counter.
+
+    Call inside `strategy.scope()` so that every variable is mirrored.
+    """
+    generator = build_generator(config)
+    discriminator = build_discriminator(config)
+    ema_generator = build_generator(config, name="ema_generator")
+    ema_generator.set_weights(generator.get_weights())
+    generator_optimizer = keras.optimizers.Adam(
+        config.resolved_generator_lr, beta_1=config.beta1, beta_2=config.beta2, name="generator_adam")
+    discriminator_optimizer = keras.optimizers.Adam(
+        config.resolved_discriminator_lr, beta_1=config.beta1, beta_2=config.beta2, name="discriminator_adam")
+    # Build the slots now, so a checkpoint can be restored into them before the first step.
+    generator_optimizer.build(generator.trainable_variables)
+    discriminator_optimizer.build(discriminator.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return GANState(generator, discriminator, ema_generator, generator_optimizer, discriminator_optimizer, step)
+
+
+def ema_decay_at(step: tf.Tensor, decay: float) -> tf.Tensor:
+    """The EMA decay, warmed up so early samples are not dominated by the random initialisation."""
+    step = tf.cast(step, tf.float32)
+    return tf.minimum(tf.constant(decay, tf.float32), (1.0 + step) / (10.0 + step))
+
+
+def update_ema(state: GANState, decay: tf.Tensor) -> None:
+    """EMA of the trainable weights; batch-norm statistics are copied as they are."""
+    for ema_weight, weight in zip(state.ema_generator.weights, state.generator.weights):
+        if weight.trainable:
+            ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+        else:
+            ema_weight.assign(weight)
+
+
+def replica_noise(step: tf.Tensor, stream: int, seed: int, global_batch: int, noise_dim: int,
+                  local_batch: tf.Tensor) -> tf.Tensor:
+    """This replica's slice of the global noise batch for (step, stream)."""
+    context = tf.distribute.get_replica_context()
+    replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32) if context else tf.constant(0)
+    stateless_seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) * 2 + stream])
+    noise = tf.random.stateless_normal([global_batch, noise_dim], seed=stateless_seed)
+    start = replica_id * local_batch
+    return noise[start:start + local_batch]
+
+
+def make_train_step(state: GANState, config: TrainConfig,
+                    strategy: tf.distribute.Strategy) -> Callable[[object], tf.Tensor]:
+    """A compiled step: distributed batch of real images -> reduced metrics [len(STEP_METRICS)]."""
+    global_batch = config.batch_size
+    real_label = 1.0 - config.label_smoothing
+    generator, discriminator = state.generator, state.discriminator
+
+    def per_example_bce(labels: float, logits: tf.Tensor) -> tf.Tensor:
+        logits = tf.reshape(tf.cast(logits, tf.float32), [-1])
+        return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), labels), logits=logits)
+
+    def average(per_example: tf.Tensor) -> tf.Tensor:
+        return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+
+    def replica_step(real_images: tf.Tensor) -> tf.Tensor:
+        local_batch = tf.shape(real_images)[0]
+        step = state.step.read_value()
+
+        # Discriminator: real images towards 1 (or 1 - smoothing), generated towards 0.
+        noise = replica_noise(step, 0, config.seed, global_batch, config.noise_dim, local_batch)
+        with tf.GradientTape() as tape:
+            fake_images = generator(noise, training=True)
+            real_logits = discriminator(real_images, training=True)
+            fake_logits = discriminator(fake_images, training=True)
+            d_loss = average(per_example_bce(real_label, real_logits) + per_example_bce(0.0, fake_logits))
+            scaled = state.discriminator_optimizer.scale_loss(d_loss)
+        gradients = tape.gradient(scaled, discriminator.trainable_variables)
+        state.discriminator_optimizer.apply_gradients(zip(gradients, discriminator.trainable_variables))
+
+        # Generator: fresh noise, generated images towards 1 (the non-saturating loss).
+        noise = replica_noise(step, 1, config.seed, global_batch, config.noise_dim, local_batch)
+        with tf.GradientTape() as tape:
+            fake_logits_for_g = discriminator(generator(noise, training=True), training=True)
+            g_loss = average(per_example_bce(1.0, fake_logits_for_g))
+            scaled = state.generator_optimizer.scale_loss(g_loss)
+        gradients = tape.gradient(scaled, generator.trainable_variables)
+        state.generator_optimizer.apply_gradients(zip(gradients, generator.trainable_variables))
+
+        d_real = average(tf.sigmoid(tf.reshape(tf.cast(real_logits, tf.float32), [-1])))
+        d_fake = average(tf.sigmoid(tf.reshape(tf.cast(fake_logits, tf.float32), [-1])))
+        return tf.stack([d_loss, g_loss, d_real, d_fake])
+
+    @tf.function
+    def train_step(distributed_images) -> tf.Tensor:
+        per_replica = strategy.run(replica_step, args=(distributed_images,))
+        # One all-reduce for all metrics; every worker gets the same totals.
+        totals = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        step = state.step.assign_add(1)
+        update_ema(state, ema_decay_at(step, config.ema_decay))
+        return totals
+
+    return train_step

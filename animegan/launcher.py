@@ -1,0 +1,183 @@
+"""The driver: resolves a run, starts or joins Ray, and runs the training job through TensorflowTrainer.
+
+Everything that can be checked before Ray starts is checked here, so a bad
+flag or an empty bucket costs a second, not a cluster start.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from animegan import storage
+from animegan.config import TrainConfig
+from animegan.workdir import RunLayout
+
+DEFAULT_STEPS = 1200
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    status: str  # "finished" or "diverged"
+    step: int
+    metrics: dict[str, Any]
+    layout: RunLayout
+
+
+def default_workdir() -> str:
+    return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def resolve(config: TrainConfig, *, write: bool = True, log=print) -> tuple[TrainConfig, "DataIndex"]:  # noqa: F821
+    """Fills in the workdir, data and length; lists the data once. Writes nothing when write=False."""
+    from animegan.data.demo import DEMO_COUNT, demo_archive_name, ensure_demo_archive
+    from animegan.data.index import DataIndex, index_for
+    from animegan.data.sources import list_images, open_source
+    from animegan.training import steps_per_epoch
+
+    config.validate()
+    workdir = storage.absolute(config.workdir or default_workdir())
+    layout = RunLayout(workdir)
+    _check_resumable(config, layout)
+
+    if config.data is None:
+        if write:
+            storage.makedirs(workdir)
+            data = ensure_demo_archive(workdir)
+        else:
+            data = storage.join(workdir, demo_archive_name())
+        log(f"No --data given: training on the built-in demo set of {DEMO_COUNT} procedurally drawn "
+            f"cartoon faces ({data}).\nTo train on real images: --data /path/to/archive.zip, a folder, "
+            f"or gs://bucket/prefix.")
+    else:
+        data = storage.absolute(config.data)
+
+    if write:
+        index = index_for(data, layout.data_index)
+    elif config.data is None:
+        index = DataIndex(source=data, items=[f"demo-{i}" for i in range(DEMO_COUNT)])
+    else:
+        index = DataIndex(source=data, items=list_images(open_source(data)))
+
+    config = config.replace(workdir=workdir, data=config.data and data)
+    if config.cpus_per_worker == 0:
+        # Local default: share this machine's cores between the workers.
+        config = config.replace(cpus_per_worker=float(max(1, (os.cpu_count() or 1) // config.workers)))
+    per_epoch = steps_per_epoch(len(index.items), config)
+    if config.epochs is not None:
+        config = config.replace(steps=max(1, math.ceil(config.epochs * per_epoch)))
+    elif config.steps is None:
+        config = config.replace(steps=DEFAULT_STEPS)
+    if len(index.items) // config.workers < config.batch_size // config.workers:
+        raise ValueError(f"{len(index.items)} images at {data} cannot fill one batch of {config.batch_size} "
+                         f"split over {config.workers} workers; use a smaller --batch-size")
+    config.validate()
+    if write:
+        storage.write_text(layout.config, json.dumps(config.to_dict(), indent=2) + "\n")
+    return config, index
+
+
+def _check_resumable(config: TrainConfig, layout: RunLayout) -> None:
+    """A workdir holding a run with another model shape cannot be resumed: say which fields differ."""
+    from animegan.checkpoint import check_compatible
+
+    if not storage.exists(layout.config):
+        return
+    previous = json.loads(storage.read_text(layout.config))
+    check_compatible(previous, config, layout.workdir)
+
+
+def _start_ray(address: str | None, log) -> bool:
+    """Joins a cluster at `address` (or RAY_ADDRESS), or starts a local instance. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Ray Train tees every print() of a worker through its logger as well, so each line shows twice.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        log(f"Joined the Ray cluster at {address}")
+        return False
+    # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls;
+    # without it that actor warns every second. It also gives the user the Ray dashboard.
+    context = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                       logging_level="WARNING")
+    log(f"Started a local Ray instance with {os.cpu_count()} CPUs; dashboard at http://{context.dashboard_url}")
+    return True
+
+
+def _check_resources(config: TrainConfig) -> None:
+    import ray
+
+    available = ray.cluster_resources()
+    needed_cpus = config.workers * config.cpus_per_worker
+    needed_gpus = config.workers * config.gpus_per_worker
+    if needed_cpus > available.get("CPU", 0):
+        raise ValueError(f"{config.workers} workers x {config.cpus_per_worker:g} CPUs need {needed_cpus:g} CPUs, "
+                         f"but the Ray cluster has {available.get('CPU', 0):g}; lower --workers or --cpus-per-worker")
+    if needed_gpus > available.get("GPU", 0) and not os.environ.get("ANIMEGAN_ALLOW_AUTOSCALE"):
+        raise ValueError(f"{config.workers} workers x {config.gpus_per_worker:g} GPUs need {needed_gpus:g} GPUs, "
+                         f"but the Ray cluster has {available.get('GPU', 0):g} (set ANIMEGAN_ALLOW_AUTOSCALE=1 "
+                         f"if an autoscaler will add them)")
+
+
+def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None):
+    """The TensorflowTrainer for a resolved config (also used by the tuning trials)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from animegan.training import train_loop_per_worker
+    from animegan.workdir import CHECKPOINTS
+
+    storage_filesystem, storage_path = storage.pyarrow_filesystem(layout.workdir)
+    resources = {"CPU": config.cpus_per_worker}
+    if config.gpus_per_worker:
+        resources["GPU"] = config.gpus_per_worker
+    return TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "workdir": layout.workdir},
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=CHECKPOINTS,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            **(run_config_extras or {}),
+        ),
+    )
+
+
+def run_training(config: TrainConfig, *, address: str | None = None, log=print) -> TrainOutcome:
+    """Runs (or resumes) a training job to completion and says where its results are."""
+    import ray
+
+    config, _ = resolve(config, log=log)
+    layout = RunLayout(config.workdir)
+    log(f"Workdir: {layout.workdir}")
+    started = _start_ray(address, log)
+    try:
+        _check_resources(config)
+        result = build_trainer(config, layout).fit()
+    finally:
+        if started:
+            ray.shutdown()
+    metrics = dict(result.metrics or {})
+    status = metrics.get("status", "finished")
+    outcome = TrainOutcome(status=status, step=int(metrics.get("step", config.steps)), metrics=metrics,
+                           layout=layout)
+    if status == "diverged":
+        print(f"animegan: training stopped at step {outcome.step}: a loss became NaN or infinite. "
+              f"The latest good checkpoint is in {layout.checkpoints}; lower --lr and resume.", file=sys.stderr)
+        return outcome
+    log(f"Done: {outcome.step} steps.\n  samples:     {layout.samples}\n  metrics:     {layout.metrics}\n"
+        f"  checkpoints: {layout.checkpoints}\n  generator:   {layout.generator}")
+    return outcome

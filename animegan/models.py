@@ -1,0 +1,68 @@
+"""The DCGAN generator and discriminator for 64x64x3 images (Radford et al., 2015).
+
+Builders are pure functions of the config; call them inside `strategy.scope()`
+so their variables are mirrored across replicas.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from animegan.config import IMAGE_SIZE, TrainConfig
+
+# DCGAN's initialisation: all weights from N(0, 0.02).
+_INIT_STDDEV = 0.02
+
+
+def _init(seed: int) -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(mean=0.0, stddev=_INIT_STDDEV, seed=seed)
+
+
+def build_generator(config: TrainConfig, name: str = "generator") -> keras.Model:
+    """Noise [B, noise_dim] -> images [B, 64, 64, 3] in [-1, 1].
+
+    A dense projection to 4x4 feature maps, then four stride-2 transposed
+    convolutions (widths 8w, 4w, 2w, w, then 3), batch normalisation and ReLU
+    between, tanh at the end.
+    """
+    width = config.generator_width
+    seed = config.seed * 100
+    noise = keras.Input(shape=(config.noise_dim,), name="noise")
+    x = layers.Dense(4 * 4 * width * 8, use_bias=False, kernel_initializer=_init(seed), name="project")(noise)
+    x = layers.Reshape((4, 4, width * 8))(x)
+    x = layers.BatchNormalization(name="project_bn")(x)
+    x = layers.ReLU()(x)
+    for index, multiplier in enumerate([4, 2, 1]):
+        x = layers.Conv2DTranspose(width * multiplier, 4, strides=2, padding="same", use_bias=False,
+                                   kernel_initializer=_init(seed + index + 1), name=f"up{index + 1}")(x)
+        x = layers.BatchNormalization(name=f"up{index + 1}_bn")(x)
+        x = layers.ReLU()(x)
+    x = layers.Conv2DTranspose(3, 4, strides=2, padding="same", kernel_initializer=_init(seed + 9),
+                               name="to_rgb")(x)
+    # tanh in float32 even under mixed precision: the output is compared with real pixels.
+    images = layers.Activation("tanh", dtype="float32", name="images")(x)
+    return keras.Model(noise, images, name=name)
+
+
+def build_discriminator(config: TrainConfig, name: str = "discriminator") -> keras.Model:
+    """Images [B, 64, 64, 3] -> one real/fake logit [B, 1].
+
+    Four stride-2 convolutions (widths w, 2w, 4w, 8w) with LeakyReLU(0.2) and
+    batch normalisation on all but the first, then a dense logit.
+    """
+    width = config.discriminator_width
+    seed = config.seed * 100 + 50
+    images = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), name="images")
+    x = images
+    for index, multiplier in enumerate([1, 2, 4, 8]):
+        x = layers.Conv2D(width * multiplier, 4, strides=2, padding="same", use_bias=index == 0,
+                          kernel_initializer=_init(seed + index), name=f"down{index + 1}")(x)
+        if index > 0:
+            x = layers.BatchNormalization(name=f"down{index + 1}_bn")(x)
+        x = layers.LeakyReLU(negative_slope=0.2)(x)
+    x = layers.Flatten()(x)
+    # The logit in float32: the loss is computed from it.
+    logits = layers.Dense(1, kernel_initializer=_init(seed + 9), dtype="float32", name="logit")(x)
+    return keras.Model(images, logits, name=name)
+

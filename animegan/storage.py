@@ -1,0 +1,141 @@
+"""All URL handling for fsspec lives here: local paths, gs:// (gcsfs), and the rest.
+
+Everything the job reads or writes goes through these functions, so a workdir
+or a dataset can be a local folder or a bucket prefix without the callers
+knowing which.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from typing import Any
+
+# gcsfs probes a gRPC endpoint for hierarchical-namespace buckets, which the GCS
+# emulator lacks: every call would wait 60 s. Must be set before gcsfs is imported.
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+import fsspec  # noqa: E402  (after the environment fix above)
+
+
+def split_protocol(url: str) -> tuple[str, str]:
+    """('gs', 'bucket/key') for 'gs://bucket/key'; ('file', path) for a local path."""
+    if "://" in url:
+        protocol, rest = url.split("://", 1)
+        return protocol.lower(), rest
+    return "file", url
+
+
+def is_local(url: str) -> bool:
+    return split_protocol(url)[0] in {"file", "local"}
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the path inside it, with a clear error for unknown schemes."""
+    protocol, _ = split_protocol(url)
+    if protocol not in fsspec.available_protocols():
+        raise ValueError(
+            f"unknown URL scheme {protocol + '://'!r} in {url!r}; use a local path, gs://bucket/prefix, "
+            f"or another fsspec protocol"
+        )
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as error:
+        raise ValueError(f"URL {url!r} needs a package that is not installed: {error}") from None
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Joins path parts onto a URL with '/', keeping the scheme."""
+    if is_local(url):
+        return os.path.join(split_protocol(url)[1], *parts)
+    return posixpath.join(url, *parts)
+
+
+def absolute(url: str) -> str:
+    """An absolute local path, or the URL unchanged when it is remote."""
+    if is_local(url):
+        return os.path.abspath(os.path.expanduser(split_protocol(url)[1]))
+    return url
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Writes a whole file so that readers never see it half written.
+
+    Locally: a temporary file in the same folder, then an atomic rename. On object
+    storage a single upload is already atomic: the object appears whole or not at all.
+    """
+    fs, path = filesystem(url)
+    if is_local(url):
+        folder = os.path.dirname(os.path.abspath(path)) or "."
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        return
+    fs.pipe_file(path, data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def upload_file(local_path: str, url: str) -> None:
+    """Copies a local file to a URL (atomically, as write_bytes does)."""
+    if is_local(url):
+        with open(local_path, "rb") as file:
+            write_bytes(url, file.read())
+        return
+    fs, path = filesystem(url)
+    fs.put_file(local_path, path)
+
+
+def list_dir(url: str) -> list[str]:
+    """Names (not paths) of the entries directly under a folder URL; [] when it is missing."""
+    fs, path = filesystem(url)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
+
+
+def pyarrow_filesystem(url: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for Ray Train's storage, backed by the same fsspec filesystem.
+
+    Ray persists checkpoints through pyarrow; wrapping fsspec keeps one storage
+    stack (gcsfs and its credentials and retries) for data, workdir and checkpoints.
+    """
+    import pyarrow.fs
+
+    if is_local(url):
+        return pyarrow.fs.LocalFileSystem(), absolute(url)
+    fs, path = filesystem(url)
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path

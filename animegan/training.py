@@ -1,0 +1,210 @@
+"""The distributed training loop: Ray Train's `train_loop_per_worker`.
+
+Every worker runs this function under `MultiWorkerMirroredStrategy` (Ray sets
+TF_CONFIG). Workers run exactly the same sequence of collective operations:
+the step, the metric reduction, sampling and the checkpoint report happen on
+every worker at the same steps, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from animegan.config import TrainConfig
+from animegan.workdir import RunLayout
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_GRID_SIZE = 64  # 8x8 fixed-noise samples
+
+
+def steps_per_epoch(num_items: int, config: TrainConfig) -> int:
+    """Global steps in one pass over the data, with every worker reading its own equal share."""
+    per_worker_items = num_items // config.workers
+    per_worker_batch = config.batch_size // config.workers
+    return max(1, per_worker_items // per_worker_batch)
+
+
+def _configure_worker(config: TrainConfig) -> None:
+    import tensorflow as tf
+
+    # TensorFlow's Python logger repeats every strategy message at INFO level.
+    tf.get_logger().setLevel("WARNING")
+
+    # Ray sets OMP_NUM_THREADS to the worker's CPUs but TensorFlow ignores it: without
+    # this, two workers on one machine each start a thread per core and fight.
+    cpus = int(config.cpus_per_worker) if config.cpus_per_worker >= 1 else 0
+    if cpus:
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, cpus))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Trains until `config.steps`, resuming from the newest valid checkpoint in the workdir."""
+    import ray.train
+    import tensorflow as tf
+
+    config = TrainConfig.from_dict(loop_config["config"])
+    layout = RunLayout(loop_config["workdir"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    is_chief = rank == 0
+    _configure_worker(config)
+    # The strategy must exist before any other TensorFlow op runs in this process.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+
+    from animegan import checkpoint as checkpoints
+    from animegan.data.augment import Augmentation
+    from animegan.data.index import DataIndex
+    from animegan.data.pipeline import DataPosition, ReadStats, to_uint8, training_dataset
+    from animegan.data.sources import open_source
+    from animegan.gan import STEP_METRICS, build_state, make_train_step
+    from animegan.grids import image_grid, save_png
+    from animegan.sinks import ConsoleProgress, JsonlMetrics, MetricsSink
+
+    say = print if is_chief else (lambda *args, **kwargs: None)
+
+    # --- state: build, then restore the newest valid checkpoint if there is one
+    with strategy.scope():
+        state = build_state(config)
+    fixed_noise = np.random.default_rng([config.seed, 1]).standard_normal(
+        (SAMPLE_GRID_SIZE, config.noise_dim)).astype(np.float32)
+    start_step, epoch, skip_items = 0, 0, 0
+    latest = checkpoints.latest_valid(layout.checkpoints, log=say)
+    if latest is not None:
+        local = checkpoints.download(latest)
+        try:
+            with strategy.scope():
+                info = checkpoints.restore(local, state, config)
+            fixed_noise = checkpoints.load_fixed_noise(local)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        start_step, epoch, skip_items = info.step, info.epoch, info.skip_items
+        say(f"Resuming from {latest} at step {start_step}")
+
+    # --- data: this worker's shard, from where the checkpoint left off
+    index = DataIndex.load(layout.data_index)
+    source = open_source(index.source)
+    per_epoch = steps_per_epoch(len(index.items), config)
+    per_worker_batch = config.batch_size // world_size
+    if latest is None:
+        epoch, skip_items = 0, 0
+    stats = ReadStats()
+    augmentation = Augmentation(config.flip, config.rotation, config.shift)
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return training_dataset(
+            source, index.items,
+            batch_size=input_context.get_per_replica_batch_size(config.batch_size),
+            rank=rank, world_size=world_size, seed=config.seed, augmentation=augmentation,
+            position=DataPosition(epoch, skip_items), stats=stats,
+        )
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    train_step = make_train_step(state, config, strategy)
+
+    sink = MetricsSink([])
+    if is_chief:
+        sink = MetricsSink([JsonlMetrics(layout.metrics, resume_step=start_step),
+                            ConsoleProgress(config.steps)])
+        say(f"Training {config.steps} steps of {config.batch_size} images on {world_size} worker(s); "
+            f"{len(index.items)} images, {per_epoch} steps per epoch")
+        say(f"Samples: {layout.samples}  Checkpoints: {layout.checkpoints}  Metrics: {layout.metrics}")
+
+    def position_after(step: int) -> tuple[int, int]:
+        """(epoch, items this worker has consumed in it) after `step` global steps."""
+        return step // per_epoch, (step % per_epoch) * per_worker_batch
+
+    def write_samples(step: int) -> None:
+        # Every worker runs the generator (no collectives, but keeps workers in step); rank 0 writes.
+        images = to_uint8(state.ema_generator(fixed_noise, training=False))
+        if is_chief:
+            save_png(layout.sample(step), image_grid(images, columns=8))
+
+    def save_checkpoint(step: int, metrics: dict[str, Any]) -> None:
+        # Every worker reports (Ray requires it); only rank 0 attaches files.
+        directory = None
+        checkpoint = None
+        if is_chief:
+            directory = tempfile.mkdtemp(prefix="animegan-save-")
+            epoch_now, skip_now = position_after(step)
+            checkpoints.write_checkpoint(directory, state, step=step, epoch=epoch_now, skip_items=skip_now,
+                                         fixed_noise=fixed_noise, config=config)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+            sink.flush()
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=checkpoints.checkpoint_dir_name(step))
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    # --- the loop
+    window: list[tf.Tensor] = []
+    window_start = time.perf_counter()
+    last_row: dict[str, Any] = {"status": "running", "step": start_step}
+    diverged = False
+    for step in range(start_step + 1, config.steps + 1):
+        window.append(train_step(next(iterator)))
+        is_last = step == config.steps
+        checkpoint_due = step % config.checkpoint_every == 0 or is_last
+
+        if step % config.log_every == 0 or checkpoint_due:
+            # One host sync per logged step, not per step.
+            means = tf.reduce_mean(tf.stack(window), axis=0).numpy()
+            elapsed = time.perf_counter() - window_start
+            row = {name: float(value) for name, value in zip(STEP_METRICS, means)}
+            row["perf/images_per_sec"] = len(window) * config.batch_size / elapsed
+            row["perf/step_time"] = elapsed / len(window)
+            row["data/skipped"] = stats.skipped
+            window, window_start = [], time.perf_counter()
+            if not all(math.isfinite(value) for value in means):
+                # Every worker sees the same reduced values, so all stop here together.
+                say(f"Stopping: non-finite loss at step {step} ({row}); the latest checkpoint is kept as it was")
+                last_row = {**row, "status": "diverged", "step": step}
+                diverged = True
+                break
+            sink.log(step, row)
+            last_row = {**row, "status": "running", "step": step}
+
+        if step % config.sample_every == 0 or is_last:
+            write_samples(step)
+        if checkpoint_due:
+            save_checkpoint(step, {**last_row, "status": "finished" if is_last else "running"})
+
+    if diverged:
+        ray.train.report(last_row)
+    elif start_step >= config.steps:
+        say(f"Nothing to train: the checkpoint is at step {start_step} and --steps is {config.steps}")
+        ray.train.report({**last_row, "status": "finished"})
+    if is_chief and not diverged:
+        export_generator(state, config, layout, step=max(start_step, config.steps))
+    if stats.skipped:
+        print(f"worker {rank}: skipped {stats.skipped} unreadable image(s), e.g. {'; '.join(stats.examples)}")
+    sink.close()
+
+
+def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -> None:
+    """Saves the EMA generator as a plain Keras model (no distribution state) to the workdir."""
+    import json
+
+    from animegan import storage
+    from animegan.models import build_generator
+
+    plain = build_generator(config)
+    plain.set_weights(state.ema_generator.get_weights())
+    directory = tempfile.mkdtemp(prefix="animegan-export-")
+    try:
+        local = os.path.join(directory, "generator.keras")
+        plain.save(local)
+        storage.upload_file(local, layout.generator)
+        storage.write_text(layout.generator_info, json.dumps({"step": step, "config": config.to_dict()}))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    print(f"Exported the EMA generator (step {step}) to {layout.generator}")

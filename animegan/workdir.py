@@ -1,0 +1,48 @@
+"""Where everything a run produces lives, under one workdir URL (local path or gs://)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from animegan import storage
+
+CHECKPOINTS = "checkpoints"  # Ray Train's run name: checkpoints land in <workdir>/checkpoints/
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    workdir: str
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.workdir, *parts)
+
+    @property
+    def config(self) -> str:
+        return self.path("config.json")
+
+    @property
+    def metrics(self) -> str:
+        return self.path("metrics.jsonl")
+
+    @property
+    def samples(self) -> str:
+        return self.path("samples")
+
+    def sample(self, step: int) -> str:
+        return self.path("samples", f"step-{step:08d}.png")
+
+    @property
+    def checkpoints(self) -> str:
+        return self.path(CHECKPOINTS)
+
+    @property
+    def data_index(self) -> str:
+        return self.path("data-index.json")
+
+    @property
+    def generator(self) -> str:
+        return self.path("generator.keras")
+
+    @property
+    def generator_info(self) -> str:
+        return self.path("generator.json")

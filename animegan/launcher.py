@@ -14,8 +14,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from animegan import storage
+from animegan import cluster, storage
 from animegan.config import TrainConfig
+from animegan.data.demo import DEMO_COUNT, demo_archive_name, ensure_demo_archive
+from animegan.data.index import DataIndex, index_for
+from animegan.data.sources import list_images, open_source
+from animegan.training import steps_per_epoch
 from animegan.workdir import RunLayout
 
 DEFAULT_STEPS = 1200
@@ -33,13 +37,8 @@ def default_workdir() -> str:
     return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def resolve(config: TrainConfig, *, write: bool = True, log=print) -> tuple[TrainConfig, "DataIndex"]:  # noqa: F821
+def resolve(config: TrainConfig, *, write: bool = True, log=print) -> tuple[TrainConfig, DataIndex]:
     """Fills in the workdir, data and length; lists the data once. Writes nothing when write=False."""
-    from animegan.data.demo import DEMO_COUNT, demo_archive_name, ensure_demo_archive
-    from animegan.data.index import DataIndex, index_for
-    from animegan.data.sources import list_images, open_source
-    from animegan.training import steps_per_epoch
-
     config.validate()
     workdir = storage.absolute(config.workdir or default_workdir())
     layout = RunLayout(workdir)
@@ -92,42 +91,6 @@ def _check_resumable(config: TrainConfig, layout: RunLayout) -> None:
     check_compatible(previous, config, layout.workdir)
 
 
-def _start_ray(address: str | None, log) -> bool:
-    """Joins a cluster at `address` (or RAY_ADDRESS), or starts a local instance. True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Ray Train tees every print() of a worker through its logger as well, so each line shows twice.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-        log(f"Joined the Ray cluster at {address}")
-        return False
-    # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls;
-    # without it that actor warns every second. It also gives the user the Ray dashboard.
-    context = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       logging_level="WARNING")
-    log(f"Started a local Ray instance with {os.cpu_count()} CPUs; dashboard at http://{context.dashboard_url}")
-    return True
-
-
-def _check_resources(config: TrainConfig) -> None:
-    import ray
-
-    available = ray.cluster_resources()
-    needed_cpus = config.workers * config.cpus_per_worker
-    needed_gpus = config.workers * config.gpus_per_worker
-    if needed_cpus > available.get("CPU", 0):
-        raise ValueError(f"{config.workers} workers x {config.cpus_per_worker:g} CPUs need {needed_cpus:g} CPUs, "
-                         f"but the Ray cluster has {available.get('CPU', 0):g}; lower --workers or --cpus-per-worker")
-    if needed_gpus > available.get("GPU", 0) and not os.environ.get("ANIMEGAN_ALLOW_AUTOSCALE"):
-        raise ValueError(f"{config.workers} workers x {config.gpus_per_worker:g} GPUs need {needed_gpus:g} GPUs, "
-                         f"but the Ray cluster has {available.get('GPU', 0):g} (set ANIMEGAN_ALLOW_AUTOSCALE=1 "
-                         f"if an autoscaler will add them)")
-
-
 def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None):
     """The TensorflowTrainer for a resolved config (also used by the tuning trials)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -163,9 +126,9 @@ def run_training(config: TrainConfig, *, address: str | None = None, log=print) 
     config, _ = resolve(config, log=log)
     layout = RunLayout(config.workdir)
     log(f"Workdir: {layout.workdir}")
-    started = _start_ray(address, log)
+    started = cluster.connect(address, log)
     try:
-        _check_resources(config)
+        cluster.check_resources(config)
         result = build_trainer(config, layout).fit()
     finally:
         if started:

@@ -1,0 +1,81 @@
+"""Connecting to Ray: join a cluster, or start a local instance configured for this job."""
+
+from __future__ import annotations
+
+import os
+
+from animegan.config import TrainConfig
+
+# Environment every Ray worker of ours needs; a local instance passes these on,
+# and jobs/runtime_env.yaml sets them on a cluster.
+WORKER_ENV_DEFAULTS = {
+    # Ray Train tees every print() of a worker through its logger too: each line would show twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # TensorFlow's C++ start-up chatter buries the job's own output.
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+# Passed on to workers when set in the driver (storage endpoints, W&B settings).
+_FORWARDED_PREFIXES = ("STORAGE_EMULATOR_HOST", "GCSFS_", "WANDB_", "ANIMEGAN_", "GOOGLE_")
+
+
+def worker_env() -> dict[str, str]:
+    env = {key: os.environ.get(key, value) for key, value in WORKER_ENV_DEFAULTS.items()}
+    env.update({key: value for key, value in os.environ.items() if key.startswith(_FORWARDED_PREFIXES)})
+    return env
+
+
+def start_local(num_cpus: int | None = None, dashboard_port: int | None = None) -> str:
+    """Starts a local Ray instance on 127.0.0.1; returns the dashboard URL."""
+    import ray
+
+    for key, value in WORKER_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    options = {"dashboard_port": dashboard_port} if dashboard_port else {}
+    # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls;
+    # without it that actor warns every second. It also gives the user Ray's dashboard.
+    context = ray.init(
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        logging_level="WARNING",
+        runtime_env={"env_vars": worker_env()},
+        **options,
+    )
+    return f"http://{context.dashboard_url}"
+
+
+def connect(address: str | None, log=print) -> bool:
+    """Joins the cluster at `address` (or RAY_ADDRESS), or starts a local instance.
+
+    Returns True when this call started Ray (and so the caller should shut it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        log(f"Joined the Ray cluster at {address}")
+        return False
+    dashboard = start_local()
+    log(f"Started a local Ray instance with {os.cpu_count()} CPUs; dashboard at {dashboard}")
+    return True
+
+
+def check_resources(config: TrainConfig) -> None:
+    """Fails at once, instead of waiting forever, when the cluster cannot host the workers."""
+    import ray
+
+    available = ray.cluster_resources()
+    needed_cpus = config.workers * config.cpus_per_worker
+    needed_gpus = config.workers * config.gpus_per_worker
+    autoscaling = bool(os.environ.get("ANIMEGAN_ALLOW_AUTOSCALE"))
+    if needed_cpus > available.get("CPU", 0) and not autoscaling:
+        raise ValueError(f"{config.workers} workers x {config.cpus_per_worker:g} CPUs need {needed_cpus:g} CPUs, "
+                         f"but the Ray cluster has {available.get('CPU', 0):g}; lower --workers or "
+                         f"--cpus-per-worker (or set ANIMEGAN_ALLOW_AUTOSCALE=1 if an autoscaler will add nodes)")
+    if needed_gpus > available.get("GPU", 0) and not autoscaling:
+        raise ValueError(f"{config.workers} workers x {config.gpus_per_worker:g} GPUs need {needed_gpus:g} GPUs, "
+                         f"but the Ray cluster has {available.get('GPU', 0):g} (set ANIMEGAN_ALLOW_AUTOSCALE=1 "
+                         f"if an autoscaler will add them)")

@@ -1,0 +1,64 @@
+"""Shared fixtures: one real local Ray instance per session, a real GCS emulator, data.
+
+The environment is fixed here, at import, before anything imports gcsfs or starts
+Ray, so that Ray workers inherit it: tests only ever talk to the local emulator,
+and W&B never needs an API key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.ports import free_port
+
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # before gcsfs is imported
+os.environ.setdefault("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+os.environ["WANDB_MODE"] = "offline"
+os.environ.pop("WANDB_API_KEY", None)
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_FACES = Path(os.environ.get("ANIMEGAN_REAL_FACES", REPO.parent / "shared" / "data" / "anime-faces-64.zip"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray instance (2 CPUs, dashboard on a free port on 127.0.0.1), shut down at the end."""
+    import ray
+
+    from animegan import cluster
+
+    dashboard = cluster.start_local(num_cpus=2, dashboard_port=free_port())
+    yield dashboard
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A real GCS-compatible server on 127.0.0.1, reached by gcsfs through STORAGE_EMULATOR_HOST."""
+    from tests.support.gcs_emulator import GCSEmulator
+
+    port = int(os.environ["STORAGE_EMULATOR_HOST"].rsplit(":", 1)[1])
+    emulator = GCSEmulator(port, tmp_path_factory.mktemp("gcs") / "data")
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def bucket(gcs_emulator, request):
+    """A fresh, empty bucket for one test: its gs:// URL."""
+    name = "test-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    return gcs_emulator.make_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def real_faces() -> Path:
+    """The 10,000 real Kaggle anime faces zip; the test is skipped when it is absent."""
+    if not REAL_FACES.exists():
+        pytest.skip(f"real faces not found at {REAL_FACES}")
+    return REAL_FACES

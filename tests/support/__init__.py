@@ -1,0 +1,1 @@
+"""Test support: real servers and readers shared by the test modules."""

@@ -187,6 +187,8 @@ def restore(local_dir: str, state, config: TrainConfig) -> CheckpointInfo:
         for prefix, optimizer in [("generator", state.generator_optimizer),
                                   ("discriminator", state.discriminator_optimizer)]:
             for index, variable in enumerate(optimizer.variables):
+                if variable.path.endswith("/learning_rate"):
+                    continue  # the learning rate comes from this run's config, so --lr can change on resume
                 value = arrays[f"{prefix}/{index:04d}"]
                 if tuple(value.shape) != tuple(variable.shape):
                     raise ValueError(f"optimizer slot {prefix}/{index} has shape {value.shape}, "

@@ -192,6 +192,8 @@ def load_config_file(path: str) -> dict[str, Any]:
     from animegan import storage
 
     suffix = PurePath(path).suffix.lower()
+    if suffix not in {".json", ".yaml", ".yml"}:
+        raise ValueError(f"config file must end in .json, .yaml or .yml, got {path}")
     try:
         text = storage.read_text(path)
     except FileNotFoundError:
@@ -201,15 +203,13 @@ def load_config_file(path: str) -> dict[str, Any]:
             values = json.loads(text)
         except json.JSONDecodeError as error:
             raise ValueError(f"config file {path} is not valid JSON: {error}") from None
-    elif suffix in {".yaml", ".yml"}:
+    else:
         import yaml
 
         try:
             values = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise ValueError(f"config file {path} is not valid YAML: {error}") from None
-    else:
-        raise ValueError(f"config file must end in .json, .yaml or .yml, got {path}")
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -129,15 +129,18 @@ def run_training(config: TrainConfig, *, address: str | None = None, log=print) 
     started = cluster.connect(address, log)
     try:
         cluster.check_resources(config)
-        result = build_trainer(config, layout).fit()
+        # A status left by an earlier attempt must not be mistaken for this one's.
+        storage.remove(layout.status)
+        # fit() raises if training fails. Its Result carries the metrics of the latest checkpoint,
+        # not of the last report, so rank 0 records how the run ended in status.json.
+        build_trainer(config, layout).fit()
     finally:
         if started:
             ray.shutdown()
-    metrics = dict(result.metrics or {})
-    status = metrics.get("status", "finished")
-    outcome = TrainOutcome(status=status, step=int(metrics.get("step", config.steps)), metrics=metrics,
+    ended = json.loads(storage.read_text(layout.status))
+    outcome = TrainOutcome(status=ended["status"], step=int(ended["step"]), metrics=ended["metrics"],
                            layout=layout)
-    if status == "diverged":
+    if outcome.status == "diverged":
         print(f"animegan: training stopped at step {outcome.step}: a loss became NaN or infinite. "
               f"The latest good checkpoint is in {layout.checkpoints}; lower --lr and resume.", file=sys.stderr)
         return outcome

@@ -117,6 +117,15 @@ def upload_file(local_path: str, url: str) -> None:
     fs.put_file(local_path, path)
 
 
+def remove(url: str) -> None:
+    """Deletes a file if it exists."""
+    fs, path = filesystem(url)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def list_dir(url: str) -> list[str]:
     """Names (not paths) of the entries directly under a folder URL; [] when it is missing."""
     fs, path = filesystem(url)

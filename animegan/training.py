@@ -183,11 +183,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     elif start_step >= config.steps:
         say(f"Nothing to train: the checkpoint is at step {start_step} and --steps is {config.steps}")
         ray.train.report({**last_row, "status": "finished"})
-    if is_chief and not diverged:
-        export_generator(state, config, layout, step=max(start_step, config.steps))
+    if is_chief:
+        if not diverged:
+            export_generator(state, config, layout, step=max(start_step, config.steps))
+        # Ray's Result carries the metrics of the latest checkpoint, not of the last report,
+        # so the outcome travels to the driver (and to the user) through the workdir.
+        write_status(layout, "diverged" if diverged else "finished", last_row["step"] if diverged
+                     else max(start_step, config.steps), last_row)
     if stats.skipped:
         print(f"worker {rank}: skipped {stats.skipped} unreadable image(s), e.g. {'; '.join(stats.examples)}")
     sink.close()
+
+
+def write_status(layout: RunLayout, status: str, step: int, metrics: dict[str, Any]) -> None:
+    import json
+
+    from animegan import storage
+
+    document = {"status": status, "step": step, "metrics": {key: value for key, value in metrics.items()
+                                                             if key not in {"status", "step"}}}
+    storage.write_text(layout.status, json.dumps(document, indent=2, allow_nan=True) + "\n")
 
 
 def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -> None:

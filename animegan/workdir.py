@@ -40,6 +40,11 @@ class RunLayout:
         return self.path("data-index.json")
 
     @property
+    def status(self) -> str:
+        """status.json: how the last attempt ended ("finished" or "diverged") and at which step."""
+        return self.path("status.json")
+
+    @property
     def generator(self) -> str:
         return self.path("generator.keras")
 

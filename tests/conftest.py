@@ -62,3 +62,22 @@ def real_faces() -> Path:
     if not REAL_FACES.exists():
         pytest.skip(f"real faces not found at {REAL_FACES}")
     return REAL_FACES
+
+
+TINY_MODEL = dict(noise_dim=16, generator_width=8, discriminator_width=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_cluster, tmp_path_factory):
+    """One short real training run (1 worker, tiny model, demo faces), shared read-only by many tests.
+
+    Tests that change a workdir copy it first.
+    """
+    from animegan.config import TrainConfig
+    from animegan.launcher import run_training
+
+    workdir = tmp_path_factory.mktemp("tiny-run")
+    config = TrainConfig(workdir=str(workdir), steps=20, batch_size=8, log_every=1, sample_every=10,
+                         checkpoint_every=10, cpus_per_worker=1, **TINY_MODEL)
+    outcome = run_training(config)
+    return outcome

@@ -69,7 +69,10 @@ def resolve(config: TrainConfig, *, write: bool = True, log=print) -> tuple[Trai
         config = config.replace(cpus_per_worker=float(max(1, (os.cpu_count() or 1) // config.workers)))
     per_epoch = steps_per_epoch(len(index.items), config)
     if config.epochs is not None:
-        config = config.replace(steps=max(1, math.ceil(config.epochs * per_epoch)))
+        # The resolved config holds the length in steps only, so it reproduces the run exactly.
+        steps = max(1, math.ceil(config.epochs * per_epoch))
+        log(f"{config.epochs:g} epochs of {len(index.items)} images = {steps} steps of {config.batch_size}")
+        config = config.replace(steps=steps, epochs=None)
     elif config.steps is None:
         config = config.replace(steps=DEFAULT_STEPS)
     if len(index.items) // config.workers < config.batch_size // config.workers:

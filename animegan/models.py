@@ -13,6 +13,10 @@ from animegan.config import IMAGE_SIZE, TrainConfig
 
 # DCGAN's initialisation: all weights from N(0, 0.02).
 _INIT_STDDEV = 0.02
+# Batch-norm moving statistics follow the batches with momentum 0.9, as in the reference PyTorch DCGAN
+# (torch momentum 0.1). Keras's default 0.99 leaves them near their initial values for hundreds of
+# steps, so inference-mode samples and exports come out blank early in training.
+_BN_MOMENTUM = 0.9
 
 
 def _init(seed: int) -> keras.initializers.Initializer:
@@ -31,12 +35,12 @@ def build_generator(config: TrainConfig, name: str = "generator") -> keras.Model
     noise = keras.Input(shape=(config.noise_dim,), name="noise")
     x = layers.Dense(4 * 4 * width * 8, use_bias=False, kernel_initializer=_init(seed), name="project")(noise)
     x = layers.Reshape((4, 4, width * 8))(x)
-    x = layers.BatchNormalization(name="project_bn")(x)
+    x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name="project_bn")(x)
     x = layers.ReLU()(x)
     for index, multiplier in enumerate([4, 2, 1]):
         x = layers.Conv2DTranspose(width * multiplier, 4, strides=2, padding="same", use_bias=False,
                                    kernel_initializer=_init(seed + index + 1), name=f"up{index + 1}")(x)
-        x = layers.BatchNormalization(name=f"up{index + 1}_bn")(x)
+        x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"up{index + 1}_bn")(x)
         x = layers.ReLU()(x)
     x = layers.Conv2DTranspose(3, 4, strides=2, padding="same", kernel_initializer=_init(seed + 9),
                                name="to_rgb")(x)
@@ -59,7 +63,7 @@ def build_discriminator(config: TrainConfig, name: str = "discriminator") -> ker
         x = layers.Conv2D(width * multiplier, 4, strides=2, padding="same", use_bias=index == 0,
                           kernel_initializer=_init(seed + index), name=f"down{index + 1}")(x)
         if index > 0:
-            x = layers.BatchNormalization(name=f"down{index + 1}_bn")(x)
+            x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"down{index + 1}_bn")(x)
         x = layers.LeakyReLU(negative_slope=0.2)(x)
     x = layers.Flatten()(x)
     # The logit in float32: the loss is computed from it.

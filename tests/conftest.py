@@ -77,7 +77,7 @@ def tiny_run(ray_cluster, tmp_path_factory):
     from animegan.launcher import run_training
 
     workdir = tmp_path_factory.mktemp("tiny-run")
-    config = TrainConfig(workdir=str(workdir), steps=20, batch_size=8, log_every=1, sample_every=10,
-                         checkpoint_every=10, cpus_per_worker=1, **TINY_MODEL)
+    config = TrainConfig(workdir=str(workdir), steps=60, batch_size=8, log_every=1, sample_every=30,
+                         checkpoint_every=30, cpus_per_worker=1, **TINY_MODEL)
     outcome = run_training(config)
     return outcome

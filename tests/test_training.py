@@ -39,9 +39,9 @@ def test_one_worker_run_writes_every_artifact(tiny_run):
     from pathlib import Path
 
     workdir = Path(workdir)
-    assert tiny_run.status == "finished" and tiny_run.step == 20
+    assert tiny_run.status == "finished" and tiny_run.step == 60
     metrics = rows(workdir)
-    assert [row["step"] for row in metrics] == list(range(1, 21))
+    assert [row["step"] for row in metrics] == list(range(1, 61))
     for row in metrics:
         assert all(math.isfinite(row[key]) for key in ["loss/d", "loss/g", "d/real", "d/fake"])
         assert row["perf/images_per_sec"] > 0 and row["data/skipped"] == 0
@@ -51,37 +51,37 @@ def test_one_worker_run_writes_every_artifact(tiny_run):
     assert last["d/real"] - last["d/fake"] > first["d/real"] - first["d/fake"]  # D tells them apart
 
     config = json.loads((workdir / "config.json").read_text())
-    assert config["steps"] == 20 and config["workdir"] == str(workdir) and config["data"] is None
+    assert config["steps"] == 60 and config["workdir"] == str(workdir) and config["data"] is None
 
-    for step in (10, 20):
+    for step in (30, 60):
         grid = Image.open(workdir / "samples" / f"step-{step:08d}.png")
         assert grid.size == (8 * 66 + 2, 8 * 66 + 2)  # 8x8 images of 64 pixels with 2-pixel gaps
 
     checkpoints = list_checkpoints(str(workdir / "checkpoints"))
-    assert [step for step, _ in checkpoints] == [20, 10]
+    assert [step for step, _ in checkpoints] == [60, 30]
     state = read_state(checkpoints[0][1])
-    assert state["step"] == 20 and state["model"] == {"noise_dim": 16, "generator_width": 8,
+    assert state["step"] == 60 and state["model"] == {"noise_dim": 16, "generator_width": 8,
                                                       "discriminator_width": 8}
     assert {"generator.weights.h5", "discriminator.weights.h5", "ema_generator.weights.h5", "optimizers.npz",
             "fixed_noise.npy"} <= set(state["files"])
 
     generator = keras.saving.load_model(workdir / "generator.keras", safe_mode=True)
     assert generator(np.zeros((2, 16), np.float32)).shape == (2, 64, 64, 3)
-    assert json.loads((workdir / "generator.json").read_text())["step"] == 20
+    assert json.loads((workdir / "generator.json").read_text())["step"] == 60
 
 
 def test_rerunning_the_same_command_resumes_and_continues_the_step_count(tiny_run, tmp_path, capfd):
     workdir = tmp_path / "resumed"
     shutil.copytree(tiny_run.layout.workdir, workdir)
     config = json.loads((workdir / "config.json").read_text())
-    config.update(workdir=str(workdir), steps=30)
+    config.update(workdir=str(workdir), steps=70)
     outcome = run_training(TrainConfig.from_dict(config))
-    assert outcome.status == "finished" and outcome.step == 30
+    assert outcome.status == "finished" and outcome.step == 70
     steps = [row["step"] for row in rows(workdir)]
-    assert steps == list(range(1, 31))  # continued from 20: no restart from 0, no step twice
+    assert steps == list(range(1, 71))  # continued from 60: no restart from 0, no step twice
     assert "Resuming from" in capfd.readouterr().out
-    assert [step for step, _ in list_checkpoints(str(workdir / "checkpoints"))] == [30, 20, 10]
-    assert read_state(str(workdir / "checkpoints" / "checkpoint-00000030"))["epoch"] == 0
+    assert [step for step, _ in list_checkpoints(str(workdir / "checkpoints"))] == [70, 60, 30]
+    assert read_state(str(workdir / "checkpoints" / "checkpoint-00000070"))["epoch"] == 0
 
 
 def test_a_run_that_is_already_finished_does_no_more_steps(tiny_run, tmp_path):
@@ -91,7 +91,7 @@ def test_a_run_that_is_already_finished_does_no_more_steps(tiny_run, tmp_path):
     config.update(workdir=str(workdir))
     outcome = run_training(TrainConfig.from_dict(config))
     assert outcome.status == "finished"
-    assert [row["step"] for row in rows(workdir)][-1] == 20
+    assert [row["step"] for row in rows(workdir)][-1] == 60
 
 
 def test_two_workers_train_in_lock_step_with_the_same_loss_scale(ray_cluster, tmp_path):
@@ -113,14 +113,14 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tiny_run, 
     workdir = tmp_path / "diverging"
     shutil.copytree(tiny_run.layout.workdir, workdir)
     config = json.loads((workdir / "config.json").read_text())
-    config.update(workdir=str(workdir), steps=40, lr=1e38, checkpoint_every=1)
+    config.update(workdir=str(workdir), steps=80, lr=1e38, checkpoint_every=1)
     outcome = run_training(TrainConfig.from_dict(config))
-    assert outcome.status == "diverged" and outcome.step == 21
-    assert "training stopped at step 21: a loss became NaN or infinite" in capfd.readouterr().err
+    assert outcome.status == "diverged" and outcome.step == 61
+    assert "training stopped at step 61: a loss became NaN or infinite" in capfd.readouterr().err
     metrics = rows(workdir)
-    assert [row["step"] for row in metrics] == list(range(1, 21))  # the NaN row is never written
+    assert [row["step"] for row in metrics] == list(range(1, 61))  # the NaN row is never written
     assert all(math.isfinite(row["loss/d"]) and math.isfinite(row["loss/g"]) for row in metrics)
-    assert list_checkpoints(str(workdir / "checkpoints"))[0][0] == 20  # the last good one stays the latest
+    assert list_checkpoints(str(workdir / "checkpoints"))[0][0] == 60  # the last good one stays the latest
 
 
 def test_training_on_the_real_faces(ray_cluster, real_faces, tmp_path):

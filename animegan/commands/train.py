@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers) -> None:
@@ -29,5 +30,17 @@ def run(args: argparse.Namespace) -> int:
         resolved, index = resolve(config, write=False, log=lambda *_: None)
         print(json.dumps(resolved.to_dict(), indent=2))
         return 0
-    outcome = run_training(config, address=args.address)
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    from animegan.failures import describe, root_cause
+
+    try:
+        outcome = run_training(config, address=args.address)
+    except TrainingFailedError as error:
+        if isinstance(root_cause(error), ValueError):
+            raise ValueError(str(root_cause(error))) from None  # bad input found by a worker: exit 2
+        print(f"animegan: training failed: {describe(error)}\n"
+              f"  Fix the cause and run the same command again: it resumes from the latest checkpoint.",
+              file=sys.stderr)
+        return 1
     return 0 if outcome.status == "finished" else 1

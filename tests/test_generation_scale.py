@@ -109,13 +109,13 @@ def test_resume_writes_only_the_missing_files(workdir, tmp_path):
 
 def test_an_interrupted_run_resumes_without_regenerating(workdir, generator, tmp_path):
     out = tmp_path / "killed"
-    count = 600
+    count = 1000  # seconds of work: the kill must come while files are still being written
     command = [sys.executable, "-m", "animegan", "generate", "--checkpoint", workdir, "--num", str(count),
                "--out", str(out), "--batch-size", "16"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not (out.exists() and any(name.endswith(".png") for name in os.listdir(out))):
+        while not (out.exists() and image_files(out)):
             assert process.poll() is None, "the run ended before it could be interrupted"
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -123,7 +123,7 @@ def test_an_interrupted_run_resumes_without_regenerating(workdir, generator, tmp
         process.send_signal(signal.SIGKILL)
         process.wait()
     # A write cut short leaves only a temporary file (.tmp-*), never a partial image.
-    survivors = [name for name in os.listdir(out) if name.endswith(".png") and not name.startswith(".tmp-")]
+    survivors = list(image_files(out))
     assert 0 < len(survivors) < count
     for name in survivors:
         os.utime(out / name, ns=(1_000_000_000, 1_000_000_000))
@@ -253,3 +253,26 @@ def test_more_workers_than_the_cluster_has_fails_at_once(workdir, tmp_path, ray_
     with pytest.raises(ValueError, match="3 workers x 1 CPUs need 3 CPUs, but the Ray cluster has 2"):
         generate_many(GenerationRequest(workdir, str(tmp_path / "out"), count=600, workers=3, batch_size=16),
                       log=QUIET)
+
+
+@pytest.mark.ray
+def test_a_real_run_generates_from_its_export_and_from_its_latest_checkpoint(tmp_path, ray_cluster):
+    from animegan.config import TrainConfig
+    from animegan.launcher import run_training
+
+    workdir = tmp_path / "run"
+    run_training(TrainConfig(workdir=str(workdir), steps=10, batch_size=8, noise_dim=16, generator_width=8,
+                             discriminator_width=8, log_every=5, checkpoint_every=10, sample_every=10,
+                             workers=1, cpus_per_worker=1), log=QUIET)
+    exported = generate_many(GenerationRequest(str(workdir), str(tmp_path / "exported"), count=12, batch_size=8),
+                             log=QUIET)
+    assert (exported.generator_source, exported.generator_step) == (str(workdir / "generator.keras"), 10)
+
+    # Without the export, the latest checkpoint's EMA generator is used: the same weights.
+    (workdir / "generator.keras").unlink()
+    from_checkpoint = generate_many(GenerationRequest(str(workdir), str(tmp_path / "checkpoint"), count=12,
+                                                      batch_size=8), log=QUIET)
+    assert from_checkpoint.generator_source.endswith("checkpoint-00000010")
+    manifest = json.loads((tmp_path / "checkpoint" / "manifest.json").read_text())
+    assert (manifest["generator_kind"], manifest["generator_step"]) == ("checkpoint", 10)
+    assert image_files(tmp_path / "checkpoint") == image_files(tmp_path / "exported")

@@ -26,7 +26,7 @@ def test_same_seed_same_images_and_a_grid(tiny_run, tmp_path):
                  "--seed", "1", "--batch-size", "4"]) == 0
     assert main(["generate", "--checkpoint", workdir, "--num", "6", "--out", str(tmp_path / "c"),
                  "--seed", "2"]) == 0
-    names = sorted(path.name for path in (tmp_path / "a").iterdir())
+    names = sorted(path.name for path in (tmp_path / "a").glob("*.png"))
     assert names == [f"{index:06d}.png" for index in range(6)]
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -245,6 +245,28 @@ def test_a_server_that_never_answers_neither_blocks_logging_nor_loses_rows(tmp_p
     assert files_containing(tmp_path, FAKE_KEY) == []
 
 
+def test_when_wandb_falls_behind_rows_are_dropped_with_a_warning_not_queued_forever(tmp_path, monkeypatch):
+    from animegan import wandb_writer
+
+    server = SilentServer()  # holds W&B's start-up, so nothing leaves the queue meanwhile
+    monkeypatch.setattr(wandb_writer, "QUEUE_SIZE", 10)
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.port}")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
+    messages: list[str] = []
+    try:
+        writer = writer_for(tmp_path, monkeypatch, wandb_mode="online")
+        writer.log = messages.append
+        for step in range(1, 31):
+            writer.write(step, {"loss/g": float(step)})
+        writer.close()
+    finally:
+        server.close()
+    assert any("20 item(s) were dropped" in message for message in messages), messages
+    offline = [path for path in run_files(tmp_path) if path.parent.name.startswith("offline-run-")]
+    assert [row["step"] for row in read_run(offline[0]).rows_with("loss/g")] == list(range(1, 11))
+
+
 # --------------------------------------------------------------- real training runs
 
 

@@ -271,7 +271,7 @@ def test_when_wandb_falls_behind_rows_are_dropped_with_a_warning_not_queued_fore
 
 
 @pytest.mark.ray
-def test_a_two_worker_run_is_one_wandb_run_with_config_history_images_and_summary(ray_cluster, tmp_path):
+def test_a_two_worker_run_is_one_wandb_run_that_a_resume_continues(ray_cluster, tmp_path):
     config = TrainConfig(workdir=str(tmp_path), steps=20, log_every=5, sample_every=10, checkpoint_every=10,
                          workers=2, wandb_group="group-a", **TINY)
     metrics, layout = train(config, worker_env={"WANDB_API_KEY": FAKE_KEY})
@@ -308,23 +308,17 @@ def test_a_two_worker_run_is_one_wandb_run_with_config_history_images_and_summar
     assert [(row["step"], row["loss/g"]) for row in jsonl] == [(row["step"], row["loss/g"]) for row in rows]
     assert run.exit_code == 0
 
+    # Resuming the workdir continues the same W&B run, again from rank 0 alone, from checkpoint 20 on.
+    train(config.replace(steps=30), worker_env={"WANDB_API_KEY": FAKE_KEY})
+    first, second = [read_run(path) for path in run_files(tmp_path)]
+    assert first.run_id == second.run_id == run.run_id
+    assert [row["step"] for row in second.rows_with("loss/g")] == [25, 30]
+    assert [row["step"] for row in second.rows_with("samples/ema")] == [30]
+    assert second.rows_with("data/preview") == []  # the preview belongs to the start of training only
+    assert second.summary["step"] == 30 and second.config["steps"] == 30
+
     # The key was in rank 0's environment; it is in no file the run wrote.
     assert files_containing(tmp_path, FAKE_KEY) == []
-
-
-@pytest.mark.ray
-def test_a_resumed_run_continues_the_same_wandb_run(ray_cluster, tmp_path):
-    config = TrainConfig(workdir=str(tmp_path), steps=10, log_every=5, sample_every=10, checkpoint_every=10,
-                         workers=1, **TINY)
-    train(config)
-    train(config.replace(steps=20))
-
-    first, second = (read_run(path) for path in run_files(tmp_path))
-    assert first.run_id == second.run_id
-    assert [row["step"] for row in first.rows_with("loss/g")] == [5, 10]
-    assert [row["step"] for row in second.rows_with("loss/g")] == [15, 20]  # continues from checkpoint 10
-    assert second.rows_with("data/preview") == []  # the preview belongs to the start of training only
-    assert second.summary["step"] == 20
 
 
 @pytest.mark.ray

@@ -16,6 +16,7 @@ from pathlib import PurePath
 from typing import Any, Mapping
 
 IMAGE_SIZE = 64  # The architecture is fixed to 64x64x3 images, as in DCGAN.
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def _option(default: Any, help: str, flag: str | None = None) -> Any:
@@ -65,6 +66,14 @@ class TrainConfig:
     keep_checkpoints: int = _option(3, "number of most recent checkpoints kept")
     max_failures: int = _option(3, "worker-group restarts from the latest checkpoint before the run fails")
     seed: int = _option(0, "seed for weights, noise, data order and augmentation")
+
+    # Weights & Biases (rank 0 only; the API key comes from WANDB_API_KEY or `wandb login`, never from here).
+    wandb_mode: str | None = _option(None, "W&B mode: online, offline or disabled; default WANDB_MODE, else online with an API key and offline without")
+    wandb_project: str | None = _option(None, "W&B project; default WANDB_PROJECT, else 'animegan'")
+    wandb_entity: str | None = _option(None, "W&B entity (user or team); default WANDB_ENTITY, else your default entity")
+    wandb_group: str | None = _option(None, "W&B run group (a sweep's trials share one); default WANDB_RUN_GROUP")
+    wandb_tags: str | None = _option(None, "comma-separated W&B tags; default WANDB_TAGS")
+    wandb_log_model: bool = _option(False, "upload the exported generator to W&B as a model artifact at the end")
 
     # ------------------------------------------------------------------ helpers
 
@@ -128,6 +137,11 @@ class TrainConfig:
             raise ValueError(f"--rotation must be between 0 and 180 degrees, got {self.rotation}")
         if not 0 <= self.shift < 1:
             raise ValueError(f"--shift must be in [0, 1), got {self.shift}")
+        if self.wandb_mode is not None and self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"--wandb-mode must be one of {', '.join(WANDB_MODES)}, got {self.wandb_mode!r}")
+        for tag in (self.wandb_tags or "").split(","):
+            if len(tag.strip()) > 64:
+                raise ValueError(f"--wandb-tags: W&B tags are at most 64 characters, got {tag.strip()!r}")
         replicas = self.replicas
         if self.batch_size % replicas:
             raise ValueError(

@@ -22,6 +22,17 @@ class MetricsWriter(Protocol):
     def close(self) -> None: ...
 
 
+class MediaWriter(MetricsWriter, Protocol):
+    """A writer that also takes images and the run's summary (a tracker such as W&B).
+
+    Writers without these methods (metrics.jsonl, the console) are simply not
+    given images and summaries: the workdir has its own sample PNGs.
+    """
+
+    def log_image(self, step: int, key: str, image: Any, caption: str) -> None: ...
+    def log_summary(self, values: dict[str, Any]) -> None: ...
+
+
 class JsonlMetrics:
     """metrics.jsonl: one JSON object per logged step, continuing cleanly across resumes.
 
@@ -132,6 +143,18 @@ class MetricsSink:
     def log(self, step: int, row: dict[str, Any]) -> None:
         for writer in self.writers:
             writer.write(step, row)
+
+    def log_image(self, step: int, key: str, image: Any, caption: str = "") -> None:
+        """A uint8 [H, W, 3] image under `key` at `step`, for the writers that take images."""
+        for writer in self.writers:
+            if hasattr(writer, "log_image"):
+                writer.log_image(step, key, image, caption)
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        """The run's end state (status, final step), for the writers that keep a summary."""
+        for writer in self.writers:
+            if hasattr(writer, "log_summary"):
+                writer.log_summary(values)
 
     def flush(self) -> None:
         for writer in self.writers:

@@ -118,6 +118,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         say(f"Training {config.steps} steps of {config.batch_size} images on {world_size} worker(s); "
             f"{len(index.items)} images, {per_epoch} steps per epoch")
         say(f"Samples: {layout.samples}  Checkpoints: {layout.checkpoints}  Metrics: {layout.metrics}")
+        from animegan import tracking
+
+        tracking.attach(sink, config, layout, loop_config.get("wandb_env", {}), start_step=start_step,
+                        source=source, items=index.items, log=say)
 
     def position_after(step: int) -> tuple[int, int]:
         """(epoch, items this worker has consumed in it) after `step` global steps."""
@@ -127,7 +131,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Every worker runs the generator (no collectives, but keeps workers in step); rank 0 writes.
         images = to_uint8(state.ema_generator(fixed_noise, training=False))
         if is_chief:
-            save_png(layout.sample(step), image_grid(images, columns=8))
+            grid = image_grid(images, columns=8)
+            save_png(layout.sample(step), grid)
+            sink.log_image(step, "samples/ema", grid, caption=f"EMA generator on fixed noise, step {step}")
 
     def save_checkpoint(step: int, metrics: dict[str, Any]) -> None:
         # Every worker reports (Ray requires it); only rank 0 attaches files.
@@ -163,6 +169,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             row["perf/images_per_sec"] = len(window) * config.batch_size / elapsed
             row["perf/step_time"] = elapsed / len(window)
             row["data/skipped"] = stats.skipped
+            row["lr/generator"] = float(np.asarray(state.generator_optimizer.learning_rate))
+            row["lr/discriminator"] = float(np.asarray(state.discriminator_optimizer.learning_rate))
             window, window_start = [], time.perf_counter()
             if not all(math.isfinite(value) for value in means):
                 # Every worker sees the same reduced values, so all stop here together.
@@ -192,6 +200,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                      else max(start_step, config.steps), last_row)
     if stats.skipped:
         print(f"worker {rank}: skipped {stats.skipped} unreadable image(s), e.g. {'; '.join(stats.examples)}")
+    sink.log_summary({"status": "diverged" if diverged else "finished", "step": last_row["step"]})
     sink.close()
 
 

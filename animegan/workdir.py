@@ -51,3 +51,7 @@ class RunLayout:
     @property
     def generator_info(self) -> str:
         return self.path("generator.json")
+
+    @property
+    def wandb_run(self) -> str:
+        return self.path("wandb-run.json")

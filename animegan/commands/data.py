@@ -28,16 +28,14 @@ def run_preview(args: argparse.Namespace) -> int:
     if args.num <= 0:
         raise ValueError(f"--num must be a positive integer, got {args.num}")
     from animegan.data.augment import Augmentation
-    from animegan.data.pipeline import to_uint8, training_dataset
+    from animegan.data.preview import augmented_images
     from animegan.data.sources import list_images, open_source
     from animegan.grids import image_grid, save_png
 
     source = open_source(args.data)
     items = list_images(source)
-    count = min(args.num, len(items))
-    dataset = training_dataset(source, items, batch_size=count, seed=args.seed,
-                               augmentation=Augmentation(args.flip, args.rotation, args.shift))
-    images = to_uint8(next(iter(dataset)).numpy())
+    images = augmented_images(source, items, args.num, seed=args.seed,
+                              augmentation=Augmentation(args.flip, args.rotation, args.shift))
     save_png(args.out, image_grid(images))
-    print(f"Wrote {count} augmented images from {args.data} ({len(items)} images in all) to {args.out}")
+    print(f"Wrote {len(images)} augmented images from {args.data} ({len(items)} images in all) to {args.out}")
     return 0

@@ -1,0 +1,28 @@
+"""Training images exactly as the pipeline delivers them (decoded, cropped, augmented), for a look by eye.
+
+The seed notebook showed a grid of augmented images before training; `animegan
+data preview` writes that grid to a file and a training run logs it to W&B.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from animegan.data.augment import Augmentation
+from animegan.data.sources import ImageSource
+
+
+def augmented_images(source: ImageSource, items: Sequence[str], count: int, *, seed: int = 0,
+                     augmentation: Augmentation = Augmentation()) -> np.ndarray:
+    """uint8 [min(count, len(items)), 64, 64, 3]: one batch of the training pipeline, back in [0, 255]."""
+    if count <= 0:
+        raise ValueError(f"the number of preview images must be positive, got {count}")
+    from animegan.data.pipeline import to_uint8, training_dataset
+
+    # Through the real pipeline, so unreadable files are skipped and the
+    # augmentation is the one training uses, not a re-implementation.
+    dataset = training_dataset(source, items, batch_size=min(count, len(items)), seed=seed,
+                               augmentation=augmentation)
+    return to_uint8(next(iter(dataset)).numpy())

@@ -1,0 +1,295 @@
+"""The W&B writer: one W&B run fed from a queue by its own thread, so training never waits for W&B.
+
+The training thread only enqueues rows, images and the end state; the writer's
+thread starts the run (online, else offline), logs, and finishes it. Any W&B
+failure becomes a printed warning: a tracker is never worth a failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from animegan import storage
+from animegan.config import TrainConfig, model_signature
+from animegan.workdir import RunLayout
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+STEP_METRIC = "step"  # every chart's x axis: the training step, so resumed runs line up
+# The longest close() waits for W&B (start-up fallback included) before leaving it behind.
+FINISH_TIMEOUT_SECONDS = 120.0
+QUEUE_SIZE = 1000  # items waiting for W&B; beyond this, rows are dropped rather than block training
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything needed to start the W&B run, resolved from the config and the environment."""
+
+    mode: str  # online, offline or disabled, after the API-key check
+    offline_reason: str | None  # why the run is offline when nobody asked for it
+    project: str
+    entity: str | None
+    group: str | None
+    tags: tuple[str, ...]
+    base_url: str | None
+    directory: str  # local folder; W&B writes <directory>/wandb/<run folder>
+    init_timeout: float
+    console: str
+    run_id: str
+    name: str
+    workdir: str
+    log_model: bool
+
+
+class WandbWriter:
+    """A MetricsSink writer for one W&B run; all W&B calls happen on its own thread.
+
+    write(), log_image() and log_summary() only enqueue. close() finishes the run,
+    waiting at most `finish_timeout` seconds; whatever W&B has not sent by then
+    stays in the run's local folder for `wandb sync`.
+    """
+
+    def __init__(self, options: RunOptions, run_config: dict[str, Any], *, log: Callable[[str], None] = print,
+                 finish_timeout: float = FINISH_TIMEOUT_SECONDS):
+        self.options = options
+        self.log = log
+        self.finish_timeout = finish_timeout
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self._dropped = 0
+        self._closed = False
+        self._warned: set[str] = set()
+        # Final and best values, kept on the W&B thread for the summary.
+        self._last_row: dict[str, Any] = {}
+        self._best: dict[str, tuple[float, int]] = {}
+        self._speeds: list[float] = []
+        self._end_state: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._work, args=(run_config,), name="animegan-wandb", daemon=True)
+        self._thread.start()
+
+    # --- the MetricsWriter side, on the training thread: enqueue only
+
+    def write(self, step: int, row: dict[str, Any]) -> None:
+        self._put("row", (step, dict(row)))
+
+    def log_image(self, step: int, key: str, image: Any, caption: str = "") -> None:
+        self._put("image", (step, key, np.array(image, dtype=np.uint8), caption))
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        self._put("summary", dict(values))
+
+    def flush(self) -> None:
+        pass  # W&B flushes on its own schedule; waiting for it here would stall the checkpoint
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._queue.put(("finish", None), timeout=self.finish_timeout)
+        except queue.Full:
+            self.log(f"W&B: still busy after {self.finish_timeout:.0f} s; leaving the run unfinished")
+            return
+        self._thread.join(self.finish_timeout)
+        if self._thread.is_alive():
+            self.log(f"W&B: the run did not finish within {self.finish_timeout:.0f} s (server slow or unreachable); "
+                     f"training is done and not affected. What W&B holds locally is in "
+                     f"{os.path.join(self.options.directory, 'wandb')}; upload it with `wandb sync <run folder>`")
+        if self._dropped:
+            self.log(f"W&B: {self._dropped} item(s) were dropped because W&B fell behind; metrics.jsonl has all rows")
+
+    def _put(self, kind: str, payload: Any) -> None:
+        if self._closed:
+            return
+        try:
+            self._queue.put_nowait((kind, payload))
+        except queue.Full:
+            self._dropped += 1
+            self._warn_once("full", "W&B is falling behind; dropping items instead of slowing training")
+
+    def _warn_once(self, topic: str, message: str) -> None:
+        if topic not in self._warned:
+            self._warned.add(topic)
+            self.log(f"W&B: {message}")
+
+    # --- the W&B thread
+
+    def _work(self, run_config: dict[str, Any]) -> None:
+        run = self._start(run_config)
+        while True:
+            kind, payload = self._queue.get()
+            if kind == "finish":
+                if run is not None:
+                    self._finish(run)
+                return
+            if run is None:
+                continue
+            try:
+                self._handle(run, kind, payload)
+            except Exception as error:  # noqa: BLE001 (W&B must never stop training)
+                self._warn_once(kind, f"could not log a {kind} ({type(error).__name__}: {error}); continuing")
+
+    def _start(self, run_config: dict[str, Any]):
+        """The W&B run: online if asked and reachable, else offline, else None (training goes on)."""
+        import wandb
+
+        options = self.options
+        try:
+            run = self._init(wandb, options.mode, run_config)
+        except Exception as error:  # noqa: BLE001
+            if options.mode != "online":
+                self.log(f"W&B: could not start a run ({type(error).__name__}: {error}); training continues "
+                         f"without W&B")
+                return None
+            self.log(f"W&B: the server {options.base_url or DEFAULT_BASE_URL} did not accept the run "
+                     f"({type(error).__name__}: {str(error).splitlines()[0]}); logging offline instead")
+            _teardown(wandb)  # a failed start leaves the run id taken in W&B's service
+            try:
+                run = self._init(wandb, "offline", run_config)
+            except Exception as error:  # noqa: BLE001
+                self.log(f"W&B: could not start an offline run either ({type(error).__name__}: {error}); "
+                         f"training continues without W&B")
+                return None
+            self._say_how_to_sync(run, "the server could not be reached")
+            return run
+        if options.mode == "offline":
+            self._say_how_to_sync(run, options.offline_reason)
+        return run
+
+    def _init(self, wandb, mode: str, run_config: dict[str, Any]):
+        options = self.options
+        settings = {"init_timeout": options.init_timeout, "console": options.console, "mode": mode}
+        if options.base_url:
+            settings["base_url"] = options.base_url
+        os.makedirs(options.directory, exist_ok=True)
+        run = wandb.init(
+            project=options.project, entity=options.entity, group=options.group, tags=list(options.tags),
+            name=options.name, id=options.run_id, resume="allow", job_type="train", dir=options.directory,
+            config=run_config, reinit="create_new", settings=wandb.Settings(**settings),
+        )
+        # Charts use the training step as x axis, not W&B's own counter, so the rows a
+        # resumed run repeats (from its checkpoint on) land on the same steps.
+        run.define_metric(STEP_METRIC)
+        run.define_metric("*", step_metric=STEP_METRIC)
+        return run
+
+    def _say_how_to_sync(self, run, reason: str | None) -> None:
+        folder = run.settings.sync_dir
+        where = folder if storage.is_local(self.options.workdir) else (
+            f"{folder} (copied to {storage.join(self.options.workdir, 'wandb')} at the end)")
+        because = f" because {reason}" if reason else ""
+        # Every session of a resumed workdir leaves a folder with the same run id; --id uploads them
+        # in order of start time into one run.
+        sessions = os.path.join(os.path.dirname(folder), f"offline-run-*-{self.options.run_id}")
+        self.log(f"W&B: logging offline{because}, to {where}. To upload the run later (all its sessions): "
+                 f"wandb sync --id {self.options.run_id} {sessions}")
+
+    def _handle(self, run, kind: str, payload: Any) -> None:
+        import wandb
+
+        if kind == "row":
+            step, row = payload
+            self._remember(step, row)
+            run.log({STEP_METRIC: step, **row})
+        elif kind == "image":
+            step, key, image, caption = payload
+            run.log({STEP_METRIC: step, key: wandb.Image(image, caption=caption)})
+        elif kind == "summary":
+            self._end_state.update(payload)
+
+    def _remember(self, step: int, row: dict[str, Any]) -> None:
+        """Keeps the final training row, the best evaluation scores and the speeds for the summary."""
+        if any(key.startswith("loss/") for key in row):
+            self._last_row = {STEP_METRIC: step, **row}
+        if "perf/images_per_sec" in row:
+            self._speeds.append(float(row["perf/images_per_sec"]))
+        for key, value in row.items():
+            # Evaluation scores (FID, KID) are distances: lower is better.
+            if key.startswith("eval/") and isinstance(value, (int, float)):
+                if key not in self._best or value < self._best[key][0]:
+                    self._best[key] = (float(value), step)
+
+    def summary(self) -> dict[str, Any]:
+        """The final training row, the best evaluation scores (and their steps), the mean speed, the end state."""
+        values = dict(self._last_row)
+        for key, (value, step) in self._best.items():
+            values[f"best/{key}"] = value
+            values[f"best/{key}_step"] = step
+        if self._speeds:
+            values["perf/mean_images_per_sec"] = float(np.mean(self._speeds))
+        values.update(self._end_state)
+        return values
+
+    def _finish(self, run) -> None:
+        import wandb
+
+        status = self._end_state.get("status", "finished")
+        for action, attempt in [("write the summary", lambda: run.summary.update(self.summary())),
+                                ("upload the generator", lambda: self._log_model(run)),
+                                ("finish the run", lambda: run.finish(exit_code=0 if status == "finished" else 1))]:
+            try:
+                attempt()
+            except Exception as error:  # noqa: BLE001
+                self.log(f"W&B: could not {action} ({type(error).__name__}: {error})")
+        folder = run.settings.sync_dir
+        # Stops W&B's service, which writes the last records of the run's file.
+        _teardown(wandb)
+        if run.settings.mode == "offline" and not storage.is_local(self.options.workdir):
+            self._copy_to_workdir(folder)
+
+    def _log_model(self, run) -> None:
+        if not self.options.log_model or self._end_state.get("status", "finished") != "finished":
+            return
+        import wandb
+
+        layout = RunLayout(self.options.workdir)
+        if not storage.exists(layout.generator):
+            self.log(f"W&B: --wandb-log-model: no generator at {layout.generator}; nothing uploaded")
+            return
+        info = json.loads(storage.read_text(layout.generator_info)) if storage.exists(layout.generator_info) else {}
+        config = info.get("config", {})
+        signature = model_signature(TrainConfig.from_dict(config)) if config else {}
+        artifact = wandb.Artifact(f"generator-{self.options.run_id}", type="model",
+                                  description="EMA generator of an animegan DCGAN run (Keras 3 .keras file)",
+                                  metadata={"step": info.get("step"), **signature})
+        directory = None
+        try:
+            local = layout.generator
+            if not storage.is_local(local):
+                directory = tempfile.mkdtemp(prefix="animegan-wandb-model-")
+                local = os.path.join(directory, "generator.keras")
+                with open(local, "wb") as file:
+                    file.write(storage.read_bytes(layout.generator))
+            artifact.add_file(local, name="generator.keras")
+            aliases = ["latest"] + ([f"step-{info['step']}"] if info.get("step") is not None else [])
+            run.log_artifact(artifact, aliases=aliases)
+        finally:
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def _copy_to_workdir(self, folder: str) -> None:
+        """An offline run of a gs:// workdir would otherwise be stranded on rank 0's machine."""
+        target = storage.join(self.options.workdir, "wandb", os.path.basename(folder))
+        try:
+            for root, _, names in os.walk(folder):
+                for name in names:
+                    local = os.path.join(root, name)
+                    relative = os.path.relpath(local, folder).replace(os.sep, "/")
+                    storage.upload_file(local, storage.join(target, relative))
+        except Exception as error:  # noqa: BLE001
+            self.log(f"W&B: could not copy the offline run to {target} ({type(error).__name__}: {error}); "
+                     f"it is in {folder} on this machine")
+
+
+def _teardown(wandb) -> None:
+    try:
+        wandb.teardown()
+    except Exception:  # noqa: BLE001 (a service that is already gone is fine)
+        pass

@@ -18,9 +18,15 @@ WORKER_ENV_DEFAULTS = {
 _FORWARDED_PREFIXES = ("STORAGE_EMULATOR_HOST", "GCSFS_", "WANDB_", "ANIMEGAN_", "GOOGLE_")
 
 
+# Never put secrets into a runtime env: Ray shows runtime envs on its dashboard. Local workers
+# inherit them from the driver's process environment through the raylet anyway.
+_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
 def worker_env() -> dict[str, str]:
     env = {key: os.environ.get(key, value) for key, value in WORKER_ENV_DEFAULTS.items()}
-    env.update({key: value for key, value in os.environ.items() if key.startswith(_FORWARDED_PREFIXES)})
+    env.update({key: value for key, value in os.environ.items()
+                if key.startswith(_FORWARDED_PREFIXES) and not any(marker in key for marker in _SECRET_MARKERS)})
     return env
 
 

@@ -111,3 +111,15 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ["train", "generate", "data"]:
         assert command in result.stdout
+
+
+def test_secrets_never_go_into_the_ray_runtime_env(monkeypatch):
+    from animegan.cluster import worker_env
+
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_PROJECT", "faces")
+    monkeypatch.setenv("GCSFS_TOKEN", "secret-token")
+    env = worker_env()
+    assert env["WANDB_PROJECT"] == "faces"
+    assert "WANDB_API_KEY" not in env and "GCSFS_TOKEN" not in env
+    assert env["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"

@@ -46,3 +46,8 @@ class RunLayout:
     @property
     def generator_info(self) -> str:
         return self.path("generator.json")
+
+    @property
+    def archive(self) -> str:
+        """Earlier runs set aside by `train --restart`, one folder each, laid out like a workdir."""
+        return self.path("archive")

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import posixpath
 from typing import Callable, Iterable
 
 from animegan import storage
+from animegan.workdir import RunLayout
 
-ARCHIVE = "archive"  # <workdir>/archive/<time>/ holds each run set aside by --restart
 JOURNAL = "archive.json"
 
 
@@ -33,7 +34,8 @@ def archive_run(workdir: str, keep: Iterable[str] = (), log: Callable[[str], Non
     Returns the archive folder's URL, or None when there was nothing to set aside.
     """
     finish_interrupted(workdir, log)
-    kept = set(keep) | {ARCHIVE}
+    archive = RunLayout(workdir).archive
+    kept = set(keep) | {posixpath.basename(archive)}
     entries = [name for name in storage.list_dir(workdir) if name not in kept]
     if not entries:
         log(f"--restart: {workdir} holds no previous run; starting a new one")
@@ -49,7 +51,7 @@ def archive_run(workdir: str, keep: Iterable[str] = (), log: Callable[[str], Non
 
 def finish_interrupted(workdir: str, log: Callable[[str], None] = print) -> None:
     """Completes any --restart that stopped half way, so the old run ends up whole in its archive folder."""
-    root = storage.join(workdir, ARCHIVE)
+    root = RunLayout(workdir).archive
     for name in storage.list_dir(root):
         journal_url = storage.join(root, name, JOURNAL)
         if not storage.exists(journal_url):
@@ -73,9 +75,10 @@ def _move_entries(workdir: str, target: str, journal: dict) -> None:
 def _new_archive_folder(workdir: str) -> str:
     """<workdir>/archive/<UTC time>, with a suffix if two restarts fall in the same second."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    existing = set(storage.list_dir(storage.join(workdir, ARCHIVE)))
+    archive = RunLayout(workdir).archive
+    existing = set(storage.list_dir(archive))
     name, counter = stamp, 1
     while name in existing:
         counter += 1
         name = f"{stamp}-{counter}"
-    return storage.join(workdir, ARCHIVE, name)
+    return storage.join(archive, name)

@@ -109,6 +109,7 @@ def problem_with(url: str) -> str | None:
     if document.get("format") != FORMAT_VERSION:
         return f"unknown checkpoint format {document.get('format')!r}"
     fs, path = storage.filesystem(url)
+    fs.invalidate_cache(path)  # sizes must come from storage, not from a listing cached before an upload
     for name, expected in document.get("files", {}).items():
         try:
             size = fs.info(f"{path.rstrip('/')}/{name}")["size"]
@@ -123,10 +124,29 @@ class CorruptCheckpoint(ValueError):
     """A checkpoint file's bytes do not match the checksum in its state.json."""
 
 
+def ensure_stored(local_dir: str, url: str, log=logger.warning) -> None:
+    """Makes sure the checkpoint at `url` holds every file of `local_dir` whole, uploading it again if not.
+
+    Ray uploads checkpoints with pyarrow's `copy_files`, which does not report a
+    file whose upload fails as the file is closed, and gcsfs sends small files at
+    close: after a storage outage Ray can call a checkpoint saved that lacks files.
+    The checks are cheap (sizes); a checkpoint still broken after one more upload
+    raises, so Ray restarts the workers from the newest whole checkpoint.
+    """
+    problem = problem_with(url)
+    if problem is None:
+        return
+    log(f"checkpoint {url} was not stored whole ({problem}); uploading it again")
+    # state.json last, as when it was written: a reader never sees it before the files it lists.
+    for name in sorted(os.listdir(local_dir), key=lambda name: name == STATE_FILE):
+        storage.upload_file(os.path.join(local_dir, name), storage.join(url, name))
+    problem = problem_with(url)
+    if problem is not None:
+        raise OSError(f"checkpoint {url} could not be stored whole: {problem}")
+
+
 def list_checkpoints(root: str) -> list[tuple[int, str]]:
     """(step, url) of every checkpoint directory under root, newest first."""
-    # Other processes (Ray workers, an earlier run) write here: never trust a cached listing.
-    storage.filesystem(root)[0].invalidate_cache()
     found = []
     for name in storage.list_dir(root):
         match = _NAME_PATTERN.match(name)

@@ -146,7 +146,8 @@ def list_dir(url: str) -> list[str]:
     """Names (not paths) of the entries directly under a folder URL; [] when it is missing."""
     fs, path = filesystem(url)
     try:
-        entries = fs.ls(path, detail=False)
+        # refresh: other processes (Ray workers, an earlier run) write here; a cached listing would miss it.
+        entries = fs.ls(path, detail=False, refresh=True)
     except FileNotFoundError:
         return []
     return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)

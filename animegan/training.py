@@ -75,6 +75,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
     from animegan import checkpoint as checkpoints
+    from animegan import storage
     from animegan.data.augment import Augmentation
     from animegan.data.index import DataIndex
     from animegan.data.pipeline import DataPosition, ReadStats, to_uint8, training_dataset
@@ -151,10 +152,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                          fixed_noise=fixed_noise, config=config)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
             sink.flush()
-        ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=checkpoints.checkpoint_dir_name(step))
+        name = checkpoints.checkpoint_dir_name(step)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         if directory:
-            shutil.rmtree(directory, ignore_errors=True)
+            try:
+                checkpoints.ensure_stored(directory, storage.join(layout.checkpoints, name), log=say)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
 
     # --- the loop
     window: list[tf.Tensor] = []

@@ -26,7 +26,7 @@ from animegan.checkpoint import (download, ensure_stored, fetch_latest, list_che
                                  restore, write_checkpoint)
 from animegan.cli import main as cli_main
 from animegan.config import TrainConfig
-from animegan.data.pipeline import encoded_images, DataPosition
+from animegan.data.pipeline import DataPosition, encoded_images
 from animegan.data.sources import open_source
 from animegan.launcher import resolve, run_training
 from animegan.resume import RAY_SNAPSHOT, set_aside_stale_ray_snapshot
@@ -34,7 +34,7 @@ from animegan.training import data_position
 from animegan.workdir import RunLayout
 from tests.support.faulty_emulator import CRASH_EXIT_CODE, FaultyEmulator
 from tests.support.images import write_folder
-from tests.support.processes import is_running, kill_tree
+from tests.support.processes import group_alive, is_running, kill_tree
 
 TINY = dict(noise_dim=16, generator_width=8, discriminator_width=8)
 # Two workers, 4 images each per step; 64 images make 8 steps per epoch, so resumes land mid-epoch.
@@ -326,12 +326,19 @@ def test_a_killed_driver_is_resumed_by_running_the_same_command_again(gcs_emulat
     steps_before = metric_steps(workdir)
     assert steps_before and steps_before[-1] < 40
 
-    second = subprocess.run(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, timeout=400)
-    assert second.returncode == 0, second.stdout
-    [(name, resume_step)] = resumes(second.stdout)
+    second = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        output, _ = second.communicate(timeout=400)
+        # The command shuts down the Ray instance it started: nothing of its process group is left.
+        wait_for(lambda: not group_alive(second.pid), 60, "the second run's Ray processes to exit")
+    finally:
+        if group_alive(second.pid):
+            os.killpg(second.pid, signal.SIGKILL)
+    assert second.returncode == 0, output
+    [(name, resume_step)] = resumes(output)
     assert 10 <= resume_step < 40
-    assert f"Resuming from {workdir}/checkpoints/{name} (step {resume_step})" in second.stdout  # said by the driver
+    assert f"Resuming from {workdir}/checkpoints/{name} (step {resume_step})" in output  # said by the driver
     assert metric_steps(workdir) == list(range(5, 41, 5))
     kept = [step for step, _ in list_checkpoints(f"{workdir}/checkpoints")]
     assert kept[:3] == [40, 30, 20] and kept[3:] in ([], [resume_step])  # see the worker test

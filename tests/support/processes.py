@@ -10,26 +10,37 @@ import os
 import signal
 import subprocess
 import time
+from typing import Iterator, NamedTuple
 
 
-def _children_by_parent() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+class ProcessInfo(NamedTuple):
+    pid: int
+    state: str  # "Z" for a zombie
+    parent: int
+    group: int
+
+
+def _read(pid: int | str) -> ProcessInfo | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as file:
+            stat = file.read()
+    except OSError:
+        return None  # exited while we looked
+    # The command name (field 2) may hold spaces and parentheses: parse after its closing one.
+    state, parent, group = stat[stat.rindex(")") + 2:].split()[:3]
+    return ProcessInfo(int(pid), state, int(parent), int(group))
+
+
+def _processes() -> Iterator[ProcessInfo]:
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as file:
-                stat = file.read()
-        except OSError:
-            continue  # exited while we looked
-        # The command name (field 2) may hold spaces and parentheses: parse after its closing one.
-        parent = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    return children
+        if entry.isdigit() and (info := _read(entry)) is not None:
+            yield info
 
 
 def descendants(pid: int) -> set[int]:
-    children = _children_by_parent()
+    children: dict[int, list[int]] = {}
+    for info in _processes():
+        children.setdefault(info.parent, []).append(info.pid)
     found, frontier = set(), [pid]
     while frontier:
         for child in children.get(frontier.pop(), []):
@@ -41,12 +52,13 @@ def descendants(pid: int) -> set[int]:
 
 def is_running(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as file:
-            stat = file.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    info = _read(pid)
+    return info is not None and info.state != "Z"
+
+
+def group_alive(process_group: int) -> bool:
+    """True while a process of the group runs (zombies aside); start_new_session makes a process lead one."""
+    return any(info.group == process_group and info.state != "Z" for info in _processes())
 
 
 def kill_tree(process: subprocess.Popen, timeout: float = 30.0) -> set[int]:

@@ -28,6 +28,7 @@ from animegan.cli import main as cli_main
 from animegan.config import TrainConfig
 from animegan.data.pipeline import DataPosition, encoded_images
 from animegan.data.sources import open_source
+from animegan.generation import load_generator
 from animegan.launcher import resolve, run_training
 from animegan.resume import RAY_SNAPSHOT, set_aside_stale_ray_snapshot
 from animegan.training import data_position
@@ -379,6 +380,7 @@ def test_a_broken_checkpoint_is_passed_over_for_the_good_one_before_it_and_resta
     [archived] = storage.list_dir(f"{workdir}/archive")
     assert metric_steps(f"{workdir}/archive/{archived}") == list(range(5, 41, 5))
     assert [step for step, _ in list_checkpoints(f"{workdir}/archive/{archived}/checkpoints")] == [40, 30, 20, 10]
+    assert load_generator(f"{workdir}/archive/{archived}").step == 40  # an archived run is still a workdir
 
 
 @pytest.mark.ray

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -109,6 +109,7 @@ def problem_with(url: str) -> str | None:
     if document.get("format") != FORMAT_VERSION:
         return f"unknown checkpoint format {document.get('format')!r}"
     fs, path = storage.filesystem(url)
+    fs.invalidate_cache(path)  # sizes must come from storage, not from a listing cached before an upload
     for name, expected in document.get("files", {}).items():
         try:
             size = fs.info(f"{path.rstrip('/')}/{name}")["size"]
@@ -117,6 +118,31 @@ def problem_with(url: str) -> str | None:
         if size != expected["bytes"]:
             return f"{name} is truncated ({size} of {expected['bytes']} bytes)"
     return None
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file's bytes do not match the checksum in its state.json."""
+
+
+def ensure_stored(local_dir: str, url: str, log=logger.warning) -> None:
+    """Makes sure the checkpoint at `url` holds every file of `local_dir` whole, uploading it again if not.
+
+    Ray uploads checkpoints with pyarrow's `copy_files`, which does not report a
+    file whose upload fails as the file is closed, and gcsfs sends small files at
+    close: after a storage outage Ray can call a checkpoint saved that lacks files.
+    The checks are cheap (sizes); a checkpoint still broken after one more upload
+    raises, so Ray restarts the workers from the newest whole checkpoint.
+    """
+    problem = problem_with(url)
+    if problem is None:
+        return
+    log(f"checkpoint {url} was not stored whole ({problem}); uploading it again")
+    # state.json last, as when it was written: a reader never sees it before the files it lists.
+    for name in sorted(os.listdir(local_dir), key=lambda name: name == STATE_FILE):
+        storage.upload_file(os.path.join(local_dir, name), storage.join(url, name))
+    problem = problem_with(url)
+    if problem is not None:
+        raise OSError(f"checkpoint {url} could not be stored whole: {problem}")
 
 
 def list_checkpoints(root: str) -> list[tuple[int, str]]:
@@ -129,13 +155,33 @@ def list_checkpoints(root: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
-def latest_valid(root: str, log=logger.warning) -> str | None:
-    """The newest checkpoint under root that passes the cheap checks, saying why others were passed over."""
+def usable_checkpoints(root: str, log=logger.warning) -> Iterator[str]:
+    """Checkpoints under root that pass the cheap checks, newest first, saying why others are passed over."""
     for _, url in list_checkpoints(root):
         problem = problem_with(url)
         if problem is None:
-            return url
-        log(f"skipping checkpoint {url}: {problem}")
+            yield url
+        else:
+            log(f"skipping checkpoint {url}: {problem}")
+
+
+def latest_valid(root: str, log=logger.warning) -> str | None:
+    """The newest checkpoint under root that passes the cheap checks, saying why others were passed over."""
+    return next(usable_checkpoints(root, log), None)
+
+
+def fetch_latest(root: str, log=logger.warning) -> tuple[str, str] | None:
+    """(url, verified local copy) of the newest checkpoint whose every byte checks out, or None.
+
+    A checkpoint whose files have the right sizes but the wrong bytes (an upload
+    overwritten half way) is passed over for the next older one, as a missing or
+    truncated file is. The caller removes the local copy.
+    """
+    for url in usable_checkpoints(root, log):
+        try:
+            return url, download(url)
+        except (CorruptCheckpoint, FileNotFoundError) as error:
+            log(f"skipping checkpoint {url}: {error}")
     return None
 
 
@@ -152,7 +198,7 @@ def download(url: str) -> str:
                 fs, path = storage.filesystem(url)
                 fs.get_file(f"{path.rstrip('/')}/{name}", target)
             if _sha256(target) != expected["sha256"]:
-                raise ValueError(f"checkpoint file {storage.join(url, name)} does not match its checksum")
+                raise CorruptCheckpoint(f"{name} does not match its checksum in {STATE_FILE}")
         with open(os.path.join(local, STATE_FILE), "w", encoding="utf-8") as file:
             json.dump(document, file)
     except BaseException:
@@ -171,15 +217,19 @@ def check_compatible(saved_config: dict[str, Any], config: TrainConfig, where: s
         raise ValueError(
             f"the checkpoint at {where} was trained with a different model shape ("
             + "; ".join(differing)
-            + "); use the same settings to resume, or a new --workdir to start over"
+            + "); use the same settings to resume, --restart to start over in this workdir "
+            "(the old run is kept under archive/), or a new --workdir"
         )
 
 
-def restore(local_dir: str, state, config: TrainConfig) -> CheckpointInfo:
-    """Loads a verified local checkpoint into `state` (inside the strategy scope); returns its position."""
+def restore(local_dir: str, state, config: TrainConfig, source: str | None = None) -> CheckpointInfo:
+    """Loads a verified local checkpoint into `state` (inside the strategy scope); returns its position.
+
+    `source` is the URL the local copy came from, for messages.
+    """
     with open(os.path.join(local_dir, STATE_FILE), encoding="utf-8") as file:
         document = json.load(file)
-    check_compatible(document["config"], config, local_dir)
+    check_compatible(document["config"], config, source or local_dir)
     state.generator.load_weights(os.path.join(local_dir, _MODEL_FILES["generator"]))
     state.discriminator.load_weights(os.path.join(local_dir, _MODEL_FILES["discriminator"]))
     state.ema_generator.load_weights(os.path.join(local_dir, _MODEL_FILES["ema_generator"]))

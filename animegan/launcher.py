@@ -19,6 +19,7 @@ from animegan.config import TrainConfig
 from animegan.data.demo import DEMO_COUNT, demo_archive_name, ensure_demo_archive
 from animegan.data.index import DataIndex, index_for
 from animegan.data.sources import list_images, open_source
+from animegan.resume import prepare_workdir
 from animegan.training import steps_per_epoch
 from animegan.workdir import RunLayout
 
@@ -37,12 +38,16 @@ def default_workdir() -> str:
     return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def resolve(config: TrainConfig, *, write: bool = True, log=print) -> tuple[TrainConfig, DataIndex]:
-    """Fills in the workdir, data and length; lists the data once. Writes nothing when write=False."""
+def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False,
+            log=print) -> tuple[TrainConfig, DataIndex]:
+    """Fills in the workdir, data and length; lists the data once. Writes nothing when write=False.
+
+    restart=True sets the workdir's previous run aside (animegan/archive.py) instead of resuming it.
+    """
     config.validate()
     workdir = storage.absolute(config.workdir or default_workdir())
     layout = RunLayout(workdir)
-    _check_resumable(config, layout)
+    prepare_workdir(config, layout, restart=restart, write=write, log=log)
 
     if config.data is None:
         if write:
@@ -84,16 +89,6 @@ def resolve(config: TrainConfig, *, write: bool = True, log=print) -> tuple[Trai
     return config, index
 
 
-def _check_resumable(config: TrainConfig, layout: RunLayout) -> None:
-    """A workdir holding a run with another model shape cannot be resumed: say which fields differ."""
-    from animegan.checkpoint import check_compatible
-
-    if not storage.exists(layout.config):
-        return
-    previous = json.loads(storage.read_text(layout.config))
-    check_compatible(previous, config, layout.workdir)
-
-
 def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None):
     """The TensorflowTrainer for a resolved config (also used by the tuning trials)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -125,11 +120,12 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
     )
 
 
-def run_training(config: TrainConfig, *, address: str | None = None, log=print) -> TrainOutcome:
-    """Runs (or resumes) a training job to completion and says where its results are."""
+def run_training(config: TrainConfig, *, address: str | None = None, restart: bool = False,
+                 log=print) -> TrainOutcome:
+    """Runs (or resumes; with restart=True, starts over) a training job and says where its results are."""
     import ray
 
-    config, _ = resolve(config, log=log)
+    config, _ = resolve(config, restart=restart, log=log)
     layout = RunLayout(config.workdir)
     log(f"Workdir: {layout.workdir}")
     started = cluster.connect(address, log)

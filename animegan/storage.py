@@ -126,11 +126,37 @@ def remove(url: str) -> None:
         pass
 
 
+def move(source: str, destination: str) -> None:
+    """Moves a file or folder to another URL on the same filesystem; calling it again finishes an interrupted move.
+
+    Locally this is one atomic rename. Object storage has no rename: each object
+    is copied, then deleted, so an interruption leaves every object in the old
+    place, the new place or both, never in neither.
+    """
+    fs, source_path = filesystem(source)
+    _, destination_path = filesystem(destination)
+    if is_local(source):
+        if os.path.lexists(source_path):
+            os.makedirs(os.path.dirname(os.path.abspath(destination_path)), exist_ok=True)
+            os.replace(source_path, destination_path)
+        return
+    fs.invalidate_cache()  # other processes may have written here since this process last listed it
+    if fs.isfile(source_path):
+        fs.cp_file(source_path, destination_path)
+        fs.rm_file(source_path)
+        return
+    prefix = source_path.rstrip("/") + "/"
+    for path in fs.find(source_path):
+        fs.cp_file(path, posixpath.join(destination_path, path[len(prefix):]))
+        fs.rm_file(path)
+
+
 def list_dir(url: str) -> list[str]:
     """Names (not paths) of the entries directly under a folder URL; [] when it is missing."""
     fs, path = filesystem(url)
     try:
-        entries = fs.ls(path, detail=False)
+        # refresh: other processes (Ray workers, an earlier run) write here; a cached listing would miss it.
+        entries = fs.ls(path, detail=False, refresh=True)
     except FileNotFoundError:
         return []
     return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)

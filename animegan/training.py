@@ -33,6 +33,18 @@ def steps_per_epoch(num_items: int, config: TrainConfig) -> int:
     return max(1, per_worker_items // per_worker_batch)
 
 
+def data_position(step: int, num_items: int, config: TrainConfig) -> tuple[int, int]:
+    """(epoch, items of its shard each worker has consumed in that epoch) after `step` global steps.
+
+    A worker's stream runs on across epochs without a gap (an epoch's last partial
+    batch is completed from the next epoch), so the position is counted in items,
+    not in whole epochs of steps.
+    """
+    per_worker_items = num_items // config.workers
+    consumed = step * (config.batch_size // config.workers)
+    return consumed // per_worker_items, consumed % per_worker_items
+
+
 def _configure_worker(config: TrainConfig) -> None:
     import tensorflow as tf
 
@@ -51,6 +63,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Trains until `config.steps`, resuming from the newest valid checkpoint in the workdir."""
     import ray.train
     import tensorflow as tf
+    from ray.train.collective import broadcast_from_rank_zero
 
     config = TrainConfig.from_dict(loop_config["config"])
     layout = RunLayout(loop_config["workdir"])
@@ -62,6 +75,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
     from animegan import checkpoint as checkpoints
+    from animegan import storage
     from animegan.data.augment import Augmentation
     from animegan.data.index import DataIndex
     from animegan.data.pipeline import DataPosition, ReadStats, to_uint8, training_dataset
@@ -78,12 +92,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     fixed_noise = np.random.default_rng([config.seed, 1]).standard_normal(
         (SAMPLE_GRID_SIZE, config.noise_dim)).astype(np.float32)
     start_step, epoch, skip_items = 0, 0, 0
-    latest = checkpoints.latest_valid(layout.checkpoints, log=say)
+    # Rank 0 picks the checkpoint and every worker loads that one: workers listing
+    # storage on their own could pick different ones and fall out of step.
+    found = checkpoints.fetch_latest(layout.checkpoints, log=say) if is_chief else None
+    latest = broadcast_from_rank_zero(found[0] if found else None)
     if latest is not None:
-        local = checkpoints.download(latest)
+        local = found[1] if found else checkpoints.download(latest)
         try:
             with strategy.scope():
-                info = checkpoints.restore(local, state, config)
+                info = checkpoints.restore(local, state, config, source=latest)
             fixed_noise = checkpoints.load_fixed_noise(local)
         finally:
             shutil.rmtree(local, ignore_errors=True)
@@ -94,7 +111,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     index = DataIndex.load(layout.data_index)
     source = open_source(index.source)
     per_epoch = steps_per_epoch(len(index.items), config)
-    per_worker_batch = config.batch_size // world_size
     if latest is None:
         epoch, skip_items = 0, 0
     stats = ReadStats()
@@ -123,10 +139,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tracking.attach(sink, config, layout, loop_config.get("wandb_env", {}), start_step=start_step,
                         source=source, items=index.items, log=say)
 
-    def position_after(step: int) -> tuple[int, int]:
-        """(epoch, items this worker has consumed in it) after `step` global steps."""
-        return step // per_epoch, (step % per_epoch) * per_worker_batch
-
     def write_samples(step: int) -> None:
         # Every worker runs the generator (no collectives, but keeps workers in step); rank 0 writes.
         images = to_uint8(state.ema_generator(fixed_noise, training=False))
@@ -141,15 +153,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checkpoint = None
         if is_chief:
             directory = tempfile.mkdtemp(prefix="animegan-save-")
-            epoch_now, skip_now = position_after(step)
+            epoch_now, skip_now = data_position(step, len(index.items), config)
             checkpoints.write_checkpoint(directory, state, step=step, epoch=epoch_now, skip_items=skip_now,
                                          fixed_noise=fixed_noise, config=config)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
             sink.flush()
-        ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=checkpoints.checkpoint_dir_name(step))
+        name = checkpoints.checkpoint_dir_name(step)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
         if directory:
-            shutil.rmtree(directory, ignore_errors=True)
+            try:
+                checkpoints.ensure_stored(directory, storage.join(layout.checkpoints, name), log=say)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
 
     # --- the loop
     window: list[tf.Tensor] = []

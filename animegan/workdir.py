@@ -55,3 +55,8 @@ class RunLayout:
     @property
     def wandb_run(self) -> str:
         return self.path("wandb-run.json")
+
+    @property
+    def archive(self) -> str:
+        """Earlier runs set aside by `train --restart`, one folder each, laid out like a workdir."""
+        return self.path("archive")

@@ -11,13 +11,17 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train or resume a DCGAN",
         description="Train the DCGAN with TensorflowTrainer on a local Ray instance or a cluster. "
-                    "Running the same command with the same --workdir resumes from the latest checkpoint.",
+                    "Running the same command with the same --workdir resumes from the latest checkpoint; "
+                    "--restart starts over and keeps the previous run under <workdir>/archive/.",
     )
     from animegan.commands.config_flags import add_config_flags
 
     add_config_flags(parser)
     parser.add_argument("--address", help="Ray cluster address to join (default: RAY_ADDRESS, else a local instance)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--restart", action="store_true",
+                        help="start over instead of resuming: the workdir's previous run moves, whole, to "
+                             "<workdir>/archive/<time>/ (nothing is deleted)")
     parser.set_defaults(run=run)
 
 
@@ -27,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     if args.dry_run:
-        resolved, index = resolve(config, write=False, log=lambda *_: None)
+        resolved, index = resolve(config, write=False, restart=args.restart, log=lambda *_: None)
         print(json.dumps(resolved.to_dict(), indent=2))
         return 0
     from ray.train.v2.api.exceptions import TrainingFailedError
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from animegan.failures import describe, root_cause
 
     try:
-        outcome = run_training(config, address=args.address)
+        outcome = run_training(config, address=args.address, restart=args.restart)
     except TrainingFailedError as error:
         if isinstance(root_cause(error), ValueError):
             raise ValueError(str(root_cause(error))) from None  # bad input found by a worker: exit 2

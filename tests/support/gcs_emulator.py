@@ -23,15 +23,19 @@ class GCSEmulator:
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"gcs-emulator-{port}.log"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def command(self) -> list[str]:
         executable = Path(sys.executable).with_name("gcp-storage-emulator")
+        return [str(executable), "-d", str(self.data_dir), "start", "--host", "127.0.0.1",
+                "--port", str(self.port), "-q"]
+
+    def environment(self) -> dict[str, str]:
+        return os.environ.copy()
+
+    def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(executable), "-d", str(self.data_dir), "start", "--host", "127.0.0.1",
-             "--port", str(self.port), "-q"],
-            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                        env=self.environment())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

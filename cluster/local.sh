@@ -2,8 +2,9 @@
 # A one-machine Ray "cluster" for trying the README's `ray job submit` commands on a laptop.
 #
 #   cluster/local.sh start     # Ray head on 127.0.0.1: dashboard and job server at http://127.0.0.1:8265
-#   export RAY_ADDRESS=http://127.0.0.1:8265
-#   ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- python jobs/train.py --smoke-test
+#   export RAY_ADDRESS=http://127.0.0.1:8265 RAY_AUTH_MODE=token
+#   .venv/bin/python jobs/submit.py --no-pip -- python jobs/train.py --smoke-test
+#   .venv/bin/ray job submit --runtime-env jobs/runtime_env.yaml -- python jobs/train.py --smoke-test
 #   cluster/local.sh status
 #   cluster/local.sh stop      # stops this head only
 #

@@ -229,6 +229,7 @@ def smoke_run(local_head, tmp_path_factory):
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(900)  # includes starting the head (the module's first Ray test)
 def test_train_smoke_test_job_trains_a_tiny_model_and_writes_the_run(smoke_run):
     result, workdir = smoke_run
     assert result.returncode == 0, explained(result)

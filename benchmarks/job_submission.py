@@ -25,6 +25,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def main() -> None:
         results["pip_environment_bytes"] = sum(folder_bytes(folder) for folder in environments)
     finally:
         subprocess.run([LOCAL_SH, "stop"], env=environment, capture_output=True, text=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
     print(f"\nhead start: {results['head_start_seconds']} s")
     for run in results["runs"]:

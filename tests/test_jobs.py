@@ -1,0 +1,310 @@
+"""The jobs/ entry points as real Ray jobs, on a Ray head that cluster/local.sh starts on 127.0.0.1.
+
+The head is this module's own: its own temp dir and free ports, so it never meets the
+test session's Ray instance or anyone else's on the machine, and `local.sh stop` ends
+exactly its processes. Jobs go through jobs/submit.py and through Ray's own `ray job
+submit`, both with jobs/runtime_env.yaml; they leave out its pip list (--no-pip): this
+machine's Ray runs from a venv, which Ray would copy whole for the list
+(benchmarks/job_submission.py: 3.5x the time of a job, 4.9 GiB), and every
+requirement is installed already.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from animegan import cli
+from tests.conftest import REPO
+from tests.support.ports import free_port
+
+LOCAL_SH = str(REPO / "cluster" / "local.sh")
+SUBMIT = [sys.executable, str(REPO / "jobs" / "submit.py")]
+JOB_TIMEOUT = 600  # seconds; a smoke test takes about a minute on a busy 2-core machine
+
+
+def live_processes() -> dict[int, str]:
+    """Process id -> command line of every process that has not ended (zombies have)."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    processes = {}
+    for line in listing.splitlines():
+        pid, state, *command = line.split(None, 2)
+        if not state.startswith("Z"):
+            processes[int(pid)] = command[0] if command else ""
+    return processes
+
+
+def processes_naming(folder: Path) -> list[int]:
+    """Live processes whose command line names `folder` (every Ray daemon names its temp dir)."""
+    return [pid for pid, command in live_processes().items() if f"{folder}/" in command]
+
+
+@dataclass
+class LocalHead:
+    address: str
+    environment: dict[str, str]
+    temp_dir: Path
+    workspace: Path  # the current directory of every command: not the repository
+
+    def run(self, command: list[str], timeout: float = JOB_TIMEOUT) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=self.workspace, env=self.environment, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def stop(self) -> subprocess.CompletedProcess:
+        return self.run([LOCAL_SH, "stop"], timeout=120)
+
+    def logs(self) -> str:
+        """The end of the head's own logs, to explain a failure."""
+        lines = []
+        for log in sorted(self.temp_dir.glob("session_*/logs/*.err"))[:8]:
+            lines += [f"--- {log.name}", *log.read_text(errors="replace").splitlines()[-15:]]
+        return "\n".join(lines)
+
+
+def explained(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-3000:]}"
+
+
+# ------------------------------------------------------------------ without Ray: submission and entry points
+
+RUNTIME_ENV = REPO / "jobs" / "runtime_env.yaml"
+
+
+def test_runtime_env_takes_settings_from_the_shell_and_leaves_the_file_alone(tmp_path):
+    from animegan.submission import load_runtime_env, masked
+
+    before = RUNTIME_ENV.read_bytes()
+    key_file = tmp_path / "service-account.json"
+    key_file.write_text(json.dumps({"type": "service_account", "project_id": "faces-project", "private_key": "x"}))
+    shell = {"WANDB_API_KEY": "k" * 40, "WANDB_PROJECT": "faces", "GOOGLE_APPLICATION_CREDENTIALS": str(key_file),
+             "AWS_SECRET_ACCESS_KEY": "not ours", "HOME": "/home/someone"}
+    runtime_env = load_runtime_env(RUNTIME_ENV, environ=shell, base_dir=REPO)
+
+    assert runtime_env["working_dir"] == str(REPO)
+    assert runtime_env["env_vars"] == {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TF_CPP_MIN_LOG_LEVEL": "2",
+                                       "WANDB_API_KEY": "k" * 40, "WANDB_PROJECT": "faces",
+                                       "GOOGLE_CLOUD_PROJECT": "faces-project"}
+    assert "tensorflow>=2.18,<2.22" in runtime_env["pip"]["packages"]
+    assert "pip" not in load_runtime_env(RUNTIME_ENV, pip=False, environ={}, base_dir=REPO)
+    assert masked(runtime_env)["env_vars"]["WANDB_API_KEY"] == "<40 characters>"
+    assert RUNTIME_ENV.read_bytes() == before
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "runtime env file not found"),
+    ("working_dir: [.", "is not valid YAML"),
+    ("- working_dir: .", "must hold a mapping"),
+    ("env_vars:\n  TF_CPP_MIN_LOG_LEVEL: 2", "env_vars in .* must map names to strings"),
+    ("working_dir: no-such-folder", "working_dir .*no-such-folder of .* is not a directory"),
+])
+def test_bad_runtime_env_files_are_refused_with_a_reason(tmp_path, content, message):
+    from animegan.submission import load_runtime_env
+
+    path = tmp_path / "runtime_env.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_runtime_env(path, environ={}, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("entrypoint, message", [
+    ([], "no entry point given: put the command after --"),
+    (["--", "python", "jobs/trian.py"], "jobs/trian.py is not in the working dir"),
+    (["--", "python", "jobs/train.py"], "cannot reach a Ray job server at http://127.0.0.1:"),
+])
+def test_submit_refuses_what_cannot_run_in_one_line(capsys, entrypoint, message):
+    from animegan.submission import main
+
+    code = main(["--address", f"http://127.0.0.1:{free_port()}", *entrypoint], runtime_env_file=RUNTIME_ENV,
+                base_dir=REPO)
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and len(error.strip().splitlines()) == 1
+
+
+def job_script(name: str) -> dict:
+    """The globals of jobs/<name>.py, without running its main block."""
+    return runpy.run_path(str(REPO / "jobs" / f"{name}.py"))
+
+
+def _json_part(text: str) -> str:
+    return text[text.index("{"):]
+
+
+def test_train_smoke_test_is_a_tiny_short_run_and_flags_after_it_win(capsys, tmp_path):
+    from animegan.job_entry import run_job
+
+    argv = ["--smoke-test", "--dry-run", "--workdir", str(tmp_path), "--steps", "12"]
+    assert run_job("train", argv, smoke_test=job_script("train")["SMOKE_TEST"], smoke_test_help="") == 0
+    config = json.loads(_json_part(capsys.readouterr().out))
+    assert (config["steps"], config["batch_size"], config["noise_dim"], config["generator_width"]) == (12, 8, 16, 8)
+    assert (config["log_every"], config["checkpoint_every"], config["cpus_per_worker"]) == (5, 10, 1.0)
+    assert config["workdir"] == str(tmp_path) and config["data"] is None
+
+
+def test_inside_a_ray_job_a_run_without_workdir_goes_to_the_bucket(capsys, monkeypatch, tmp_path):
+    from animegan.job_entry import BUCKET_ENV, RAY_JOB_MARKER, run_job
+
+    monkeypatch.setenv(RAY_JOB_MARKER, "{}")
+    monkeypatch.delenv(BUCKET_ENV, raising=False)
+    assert run_job("train", ["--dry-run"], smoke_test=[], smoke_test_help="") == 2
+    assert "inside a Ray job, give --workdir gs://BUCKET/runs/NAME" in capsys.readouterr().err
+
+    monkeypatch.setenv(BUCKET_ENV, str(tmp_path / "bucket") + "/")
+    assert run_job("train", ["--dry-run"], smoke_test=[], smoke_test_help="") == 0
+    config = json.loads(_json_part(capsys.readouterr().out))
+    assert config["workdir"].startswith(str(tmp_path / "bucket" / "runs" / "train-"))
+    assert config["cpus_per_worker"] == 1.0  # not the head node's cores
+
+
+def test_generate_smoke_test_writes_next_to_the_checkpoint_unless_told_otherwise():
+    smoke_test = job_script("generate")["smoke_test"]
+    flags = smoke_test(["--checkpoint", "gs://bucket/runs/faces/"])
+    assert flags[flags.index("--out") + 1] == "gs://bucket/runs/faces/smoke-test-images"
+    assert flags[flags.index("--grid") + 1] == "gs://bucket/runs/faces/smoke-test-grid.png"
+    assert "--overwrite" in flags and flags[flags.index("--workers") + 1] == "2"
+    own_folder = smoke_test(["--checkpoint=gs://bucket/runs/faces", "--out", "gs://bucket/mine"])
+    assert "--out" not in own_folder and "--overwrite" not in own_folder
+
+
+@pytest.mark.skipif("tune" in cli.COMMANDS, reason="`animegan tune` exists: the Ray job test runs it")
+def test_tune_job_says_the_command_is_missing(capsys):
+    from animegan.job_entry import run_job
+
+    assert run_job("tune", ["--smoke-test"], smoke_test=job_script("tune")["SMOKE_TEST"], smoke_test_help="") == 2
+    assert "this version of animegan has no `tune` command" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ jobs on a real Ray head
+
+@pytest.fixture(scope="module")
+def local_head(tmp_path_factory):
+    # Ray's socket paths under the temp dir must stay within 107 characters: a short folder in /tmp.
+    temp_dir = Path(tempfile.mkdtemp(prefix="animegan-ray-", dir="/tmp"))
+    environment = {
+        **os.environ,
+        "ANIMEGAN_RAY_TEMP_DIR": str(temp_dir),
+        "ANIMEGAN_RAY_PORT": str(free_port()),
+        "ANIMEGAN_DASHBOARD_PORT": str(free_port()),
+        "ANIMEGAN_CLIENT_PORT": str(free_port()),
+        "ANIMEGAN_AGENT_PORT": str(free_port()),
+        "ANIMEGAN_NUM_CPUS": "2",
+        # The head's own token, in its temp dir: ~/.ray stays untouched.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(temp_dir / "auth_token"),
+    }
+    environment.pop("RAY_ADDRESS", None)
+    head = LocalHead(address=f"http://127.0.0.1:{environment['ANIMEGAN_DASHBOARD_PORT']}", environment=environment,
+                     temp_dir=temp_dir, workspace=tmp_path_factory.mktemp("submitter"))
+    started = head.run([LOCAL_SH, "start"], timeout=240)
+    if started.returncode != 0:
+        logs = head.logs()
+        head.stop()
+        pytest.fail(f"cluster/local.sh start failed:\n{explained(started)}\n{logs}")
+    assert f"Ray head running: dashboard and job server at {head.address}" in started.stdout
+    yield head
+    stopped = head.stop()
+    left = processes_naming(temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    assert stopped.returncode == 0 and not left, explained(stopped)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(local_head, tmp_path_factory):
+    """`jobs/train.py --smoke-test` submitted with jobs/submit.py: (its output, its workdir)."""
+    workdir = tmp_path_factory.mktemp("smoke-run")
+    result = local_head.run([*SUBMIT, "--address", local_head.address, "--no-pip", "--",
+                             "python", "jobs/train.py", "--smoke-test", "--workdir", str(workdir)])
+    return result, workdir
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)  # includes starting the head (the module's first Ray test)
+def test_train_smoke_test_job_trains_a_tiny_model_and_writes_the_run(smoke_run):
+    result, workdir = smoke_run
+    assert result.returncode == 0, explained(result)
+    assert "SUCCEEDED" in result.stdout.splitlines()[-1]
+    assert "forwarded settings: WANDB_MODE" in result.stdout  # from this shell, not from a file
+
+    config = json.loads((workdir / "config.json").read_text())
+    assert (config["steps"], config["batch_size"], config["noise_dim"]) == (10, 8, 16)
+    assert (config["generator_width"], config["discriminator_width"], config["cpus_per_worker"]) == (8, 8, 1.0)
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [5, 10]
+    assert all(math.isfinite(row["loss/d"]) and math.isfinite(row["loss/g"]) for row in rows)
+    assert json.loads((workdir / "status.json").read_text())["status"] == "finished"
+    assert json.loads((workdir / "checkpoints" / "checkpoint-00000010" / "state.json").read_text())["step"] == 10
+    assert json.loads((workdir / "generator.json").read_text())["step"] == 10
+    assert (workdir / "generator.keras").stat().st_size > 0
+    assert Image.open(workdir / "samples" / "step-00000010.png").size[0] > 64
+
+
+@pytest.mark.ray
+def test_generate_job_through_ray_job_submit_writes_images_from_the_trained_run(local_head, smoke_run):
+    _, workdir = smoke_run
+    assert (workdir / "generator.keras").exists(), "the training job did not finish"
+    runtime_env = local_head.run([*SUBMIT, "--no-pip", "--print-runtime-env"], timeout=120)
+    assert runtime_env.returncode == 0, explained(runtime_env)
+    assert json.loads(runtime_env.stdout)["working_dir"] == str(REPO)
+    ray = str(Path(sys.executable).with_name("ray"))
+    result = local_head.run([ray, "job", "submit", "--address", local_head.address,
+                             "--runtime-env-json", runtime_env.stdout.strip(), "--",
+                             "python", "jobs/generate.py", "--smoke-test", "--checkpoint", str(workdir)])
+    assert result.returncode == 0, explained(result)
+
+    images = sorted((workdir / "smoke-test-images").glob("*.png"))
+    assert [image.name for image in images] == [f"{index:06d}.png" for index in range(32)]
+    assert {Image.open(image).size for image in images} == {(64, 64)}
+    manifest = json.loads((workdir / "smoke-test-images" / "manifest.json").read_text())
+    assert (manifest["status"], manifest["count"], manifest["workers"]) == ("complete", 32, 2)
+    assert Image.open(workdir / "smoke-test-grid.png").size[0] > 64
+
+
+@pytest.mark.ray
+@pytest.mark.skipif("tune" not in cli.COMMANDS, reason="`animegan tune` does not exist yet (issue 7): "
+                                                        "jobs/tune.py has nothing to forward to")
+def test_tune_smoke_test_job_runs_three_short_trials(local_head, tmp_path):
+    result = local_head.run([*SUBMIT, "--address", local_head.address, "--no-pip", "--",
+                             "python", "jobs/tune.py", "--smoke-test", "--workdir", str(tmp_path)])
+    assert result.returncode == 0, explained(result)
+    trials = [path.parent for path in tmp_path.rglob("config.json")]
+    assert len(trials) >= 3, sorted(tmp_path.rglob("*"))
+    for trial in trials:
+        steps = [json.loads(line)["step"] for line in (trial / "metrics.jsonl").read_text().splitlines()]
+        assert steps and max(steps) <= 10
+
+
+@pytest.mark.ray
+def test_a_failing_job_ends_submit_with_status_1_and_its_logs(local_head):
+    result = local_head.run([*SUBMIT, "--address", local_head.address, "--no-pip", "--",
+                             "python", "jobs/train.py", "--smoke-test", "--batch-size", "7", "--workers", "2"])
+    assert result.returncode == 1, explained(result)
+    assert "--batch-size 7 cannot be split evenly over 2 replicas" in result.stdout
+    assert "FAILED" in result.stdout.splitlines()[-1]
+
+
+@pytest.mark.ray
+def test_local_head_stops_alone(local_head, ray_cluster):
+    """Last in this module: `local.sh stop` ends this head's processes and no other Ray instance."""
+    import ray
+
+    ours = processes_naming(local_head.temp_dir)
+    assert ours
+    stopped = local_head.stop()
+    assert stopped.returncode == 0, explained(stopped)
+    assert not processes_naming(local_head.temp_dir)
+    assert not set(ours) & set(live_processes())
+    # The test session's own Ray instance still runs tasks.
+    assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+    second = local_head.stop()
+    assert second.returncode == 0 and "No Ray head" in second.stdout

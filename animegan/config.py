@@ -66,6 +66,12 @@ class TrainConfig:
     max_failures: int = _option(3, "worker-group restarts from the latest checkpoint before the run fails")
     seed: int = _option(0, "seed for weights, noise, data order and augmentation")
 
+    # Evaluation (animegan/metrics): FID and KID of the EMA generator against real images it never trained on.
+    holdout_fraction: float = _option(0.0, "fraction of the images held out from training (chosen by --seed) as the real images evaluation compares with")
+    eval_every: int = _option(0, "steps between evaluations (FID, KID) of the EMA generator; 0 turns evaluation off")
+    eval_samples: int = _option(1000, "generated images per evaluation (Inception-v3 costs ~6 GFLOP per image)")
+    inception_weights: str = _option("imagenet", "Inception-v3 weights for evaluation: imagenet (from Keras's cache), a .h5 path or URL, or random (offline; figures not comparable with published FID)")
+
     # ------------------------------------------------------------------ helpers
 
     @property
@@ -128,6 +134,15 @@ class TrainConfig:
             raise ValueError(f"--rotation must be between 0 and 180 degrees, got {self.rotation}")
         if not 0 <= self.shift < 1:
             raise ValueError(f"--shift must be in [0, 1), got {self.shift}")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.eval_every < 0:
+            raise ValueError(f"--eval-every must be 0 (off) or a positive number of steps, got {self.eval_every}")
+        if self.eval_samples < 4:
+            raise ValueError(f"--eval-samples must be at least 4 (KID compares subsets of half of them), "
+                             f"got {self.eval_samples}")
+        if not self.inception_weights.strip():
+            raise ValueError("--inception-weights is empty; give imagenet, random, or the path of a weights file")
         replicas = self.replicas
         if self.batch_size % replicas:
             raise ValueError(

@@ -5,10 +5,10 @@ the other workers wait in `ray.train.report`, which every worker calls at
 every evaluation step (it is a barrier, and Ray must see the same number of
 reports from each worker). Why rank 0 alone: the evaluation then adds no
 collective operation to the loop, so an evaluation cannot leave workers
-stranded inside one, and only one process holds Inception-v3; on a GPU the
-default 1,000 images take seconds, small next to the thousands of steps
-between evaluations. Sharding the images over the workers and all-gathering
-the features is the next step if evaluation ever dominates.
+stranded inside one, and only one process holds Inception-v3. The cost is
+about 6 GFLOP per image (`eval/seconds` reports it), paid every `eval_every`
+steps; sharding the images over the workers and all-gathering the features is
+the next step if evaluation ever dominates a run.
 
 Ray's reports carry the latest evaluation (with `eval/step`, the step it
 comes from) from the first evaluation on, so a Tune search on `eval/fid` finds

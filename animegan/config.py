@@ -75,6 +75,12 @@ class TrainConfig:
     wandb_tags: str | None = _option(None, "comma-separated W&B tags; default WANDB_TAGS")
     wandb_log_model: bool = _option(False, "upload the exported generator to W&B as a model artifact at the end")
 
+    # Evaluation (animegan/metrics): FID and KID of the EMA generator against real images it never trained on.
+    holdout_fraction: float = _option(0.0, "fraction of the images held out from training (chosen by --seed) as the real images evaluation compares with")
+    eval_every: int = _option(0, "steps between evaluations (FID, KID) of the EMA generator; 0 turns evaluation off")
+    eval_samples: int = _option(1000, "generated images per evaluation (Inception-v3 costs ~6 GFLOP per image)")
+    inception_weights: str = _option("imagenet", "Inception-v3 weights for evaluation: imagenet (from Keras's cache), a .h5 path or URL, or random (offline; figures not comparable with published FID)")
+
     # ------------------------------------------------------------------ helpers
 
     @property
@@ -142,6 +148,16 @@ class TrainConfig:
         for tag in (self.wandb_tags or "").split(","):
             if len(tag.strip()) > 64:
                 raise ValueError(f"--wandb-tags: W&B tags are at most 64 characters, got {tag.strip()!r}")
+
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.eval_every < 0:
+            raise ValueError(f"--eval-every must be 0 (off) or a positive number of steps, got {self.eval_every}")
+        if self.eval_samples < 4:
+            raise ValueError(f"--eval-samples must be at least 4 (KID compares subsets of half of them), "
+                             f"got {self.eval_samples}")
+        if not self.inception_weights.strip():
+            raise ValueError("--inception-weights is empty; give imagenet, random, or the path of a weights file")
         replicas = self.replicas
         if self.batch_size % replicas:
             raise ValueError(

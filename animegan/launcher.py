@@ -19,6 +19,7 @@ from animegan.config import TrainConfig
 from animegan.data.demo import DEMO_COUNT, demo_archive_name, ensure_demo_archive
 from animegan.data.index import DataIndex, index_for
 from animegan.data.sources import list_images, open_source
+from animegan.metrics.during_training import check_evaluation
 from animegan.resume import prepare_workdir
 from animegan.training import steps_per_epoch
 from animegan.workdir import RunLayout
@@ -62,11 +63,11 @@ def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False,
         data = storage.absolute(config.data)
 
     if write:
-        index = index_for(data, layout.data_index)
+        index = index_for(data, layout.data_index, config.holdout_fraction, config.seed)
     elif config.data is None:
-        index = DataIndex(source=data, items=[f"demo-{i}" for i in range(DEMO_COUNT)])
+        index = DataIndex.split(data, [f"demo-{i}" for i in range(DEMO_COUNT)], config.holdout_fraction, config.seed)
     else:
-        index = DataIndex(source=data, items=list_images(open_source(data)))
+        index = DataIndex.split(data, list_images(open_source(data)), config.holdout_fraction, config.seed)
 
     config = config.replace(workdir=workdir, data=config.data and data)
     if config.cpus_per_worker == 0:
@@ -84,6 +85,7 @@ def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False,
         raise ValueError(f"{len(index.items)} images at {data} cannot fill one batch of {config.batch_size} "
                          f"split over {config.workers} workers; use a smaller --batch-size")
     config.validate()
+    check_evaluation(config, index, log)  # weights findable before Ray starts, when --eval-every is on
     if write:
         storage.write_text(layout.config, json.dumps(config.to_dict(), indent=2) + "\n")
     return config, index

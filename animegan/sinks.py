@@ -97,6 +97,8 @@ class ConsoleProgress:
         self.first_step: int | None = None
 
     def write(self, step: int, row: dict[str, Any]) -> None:
+        if row and all(key.startswith("eval/") for key in row):
+            return  # evaluation rows print their own line (animegan/metrics/during_training.py)
         now = time.monotonic()
         if self.first_step is None:
             self.first_step = step

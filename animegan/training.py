@@ -82,6 +82,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from animegan.data.sources import open_source
     from animegan.gan import STEP_METRICS, build_state, make_train_step
     from animegan.grids import image_grid, save_png
+    from animegan.metrics.during_training import TrainingEvaluation
     from animegan.sinks import ConsoleProgress, JsonlMetrics, MetricsSink
 
     say = print if is_chief else (lambda *args, **kwargs: None)
@@ -126,6 +127,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = make_train_step(state, config, strategy)
+    # None unless --eval-every; rank 0 evaluates, every worker reports at the same steps.
+    evaluation = TrainingEvaluation.create(config, layout, index, is_chief, log=say, resume_step=start_step)
 
     sink = MetricsSink([])
     if is_chief:
@@ -198,8 +201,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         if step % config.sample_every == 0 or is_last:
             write_samples(step)
+        eval_due = evaluation is not None and evaluation.due(step, is_last)
+        if eval_due:
+            eval_started = time.perf_counter()
+            sink.log(step, evaluation.run(step, state.ema_generator))  # rank 0 evaluates; {} elsewhere
+            window_start += time.perf_counter() - eval_started  # perf/* measures training, not evaluation
+        # Reports carry the latest evaluation, so Tune finds eval/* in every result after the first one.
+        reported = {**last_row, **(evaluation.latest if evaluation else {})}
         if checkpoint_due:
-            save_checkpoint(step, {**last_row, "status": "finished" if is_last else "running"})
+            save_checkpoint(step, {**reported, "status": "finished" if is_last else "running"})
+        elif eval_due:
+            # Every worker reports at evaluation steps too: a barrier, the same count on every worker.
+            ray.train.report(reported)
 
     if diverged:
         ray.train.report(last_row)

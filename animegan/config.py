@@ -217,31 +217,31 @@ def _coerce(config_field: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """Reads a YAML or JSON config file into a dict (validated later, with the flags)."""
+def load_config_file(path: str, kind: str = "config file") -> dict[str, Any]:
+    """Reads a YAML or JSON config file (or another `kind` of field mapping) into a dict, validated later."""
     from animegan import storage
 
     suffix = PurePath(path).suffix.lower()
     if suffix not in {".json", ".yaml", ".yml"}:
-        raise ValueError(f"config file must end in .json, .yaml or .yml, got {path}")
+        raise ValueError(f"{kind} must end in .json, .yaml or .yml, got {path}")
     try:
         text = storage.read_text(path)
     except FileNotFoundError:
-        raise ValueError(f"config file not found: {path}") from None
+        raise ValueError(f"{kind} not found: {path}") from None
     if suffix == ".json":
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"config file {path} is not valid JSON: {error}") from None
+            raise ValueError(f"{kind} {path} is not valid JSON: {error}") from None
     else:
         import yaml
 
         try:
             values = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise ValueError(f"config file {path} is not valid YAML: {error}") from None
+            raise ValueError(f"{kind} {path} is not valid YAML: {error}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a mapping of field names to values")
+        raise ValueError(f"{kind} {path} must hold a mapping of field names to values")
     return values

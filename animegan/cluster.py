@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from animegan.config import TrainConfig
 
@@ -14,6 +15,7 @@ WORKER_ENV_DEFAULTS = {
     # TensorFlow's C++ start-up chatter buries the job's own output.
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
+DEFAULT_DASHBOARD_PORT = 8265
 # Passed on to workers when set in the driver (storage endpoints, W&B settings).
 _FORWARDED_PREFIXES = ("STORAGE_EMULATOR_HOST", "GCSFS_", "WANDB_", "ANIMEGAN_", "GOOGLE_")
 
@@ -36,7 +38,12 @@ def start_local(num_cpus: int | None = None, dashboard_port: int | None = None) 
 
     for key, value in WORKER_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    options = {"dashboard_port": dashboard_port} if dashboard_port else {}
+    dashboard_port = dashboard_port or _dashboard_port()
+    env = worker_env()
+    # Ray Train's placement-group cleaner looks up "the" local instance's State API; with several
+    # instances on one machine it finds none, and the workers' placement group of a run whose
+    # controller was killed (a trial that ASHA stopped) is never freed. Name this one.
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls;
     # without it that actor warns every second. It also gives the user Ray's dashboard.
     context = ray.init(
@@ -44,10 +51,22 @@ def start_local(num_cpus: int | None = None, dashboard_port: int | None = None) 
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         logging_level="WARNING",
-        runtime_env={"env_vars": worker_env()},
-        **options,
+        runtime_env={"env_vars": env},
+        dashboard_port=dashboard_port,
     )
     return f"http://{context.dashboard_url}"
+
+
+def _dashboard_port() -> int:
+    """Ray's usual dashboard port when it is free, else any free port."""
+    for port in (DEFAULT_DASHBOARD_PORT, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError("no free port for Ray's dashboard")
 
 
 def connect(address: str | None, log=print) -> bool:

@@ -14,7 +14,7 @@ import sys
 
 # Each module in animegan.commands adds its subcommand with `register(subparsers)`
 # and sets `run=` on its parser, a function of the parsed arguments returning an exit status.
-COMMANDS = ["train", "generate", "data", "eval", "interpolate", "export"]
+COMMANDS = ["train", "generate", "data", "eval", "interpolate", "export", "tune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

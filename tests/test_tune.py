@@ -1,0 +1,380 @@
+"""Hyperparameter sweeps (`animegan tune`): the search space and the sweep's checks without Ray, then real
+sweeps of tiny models on local Ray instances: one on the test session's instance (2 CPUs, half a CPU per
+worker) with eval/fid as the objective and a trial that fails, and one whose driver is killed and started
+again in its own process with its own Ray instance.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from animegan import gan
+from animegan.cli import main as cli_main
+from animegan.config import TrainConfig
+from animegan.search_space import build_space, default_dimensions
+from animegan.sweep_report import choose_best, TrialRow
+from animegan.tuning import OBJECTIVES, SweepSettings, execute_sweep, plan_sweep, trial_name, trials_at_once
+from tests.support.images import write_folder
+from tests.support.processes import group_alive, is_running, kill_tree
+from tests.support.wandb_records import read_run, run_files
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(noise_dim=16, generator_width=8, discriminator_width=8)
+TINY_FLAGS = ["--noise-dim", "16", "--generator-width", "8", "--discriminator-width", "8"]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("faces")
+    write_folder(folder, 48)
+    return str(folder)
+
+
+def space_file(tmp_path: Path, text: str, name: str = "space.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert cli_main(argv) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1, error
+    return error
+
+
+# ------------------------------------------------------------------ the search space, without Ray
+
+def test_the_default_space_searches_rate_batch_and_noise_and_leaves_out_what_the_user_fixed():
+    space = build_space(TrainConfig(), set())
+    assert {name: (dimension.kind, dimension.values) for name, dimension in space.dimensions.items()} == {
+        "lr": ("loguniform", (1e-5, 1e-3)), "batch_size": ("choice", (32, 64, 128, 256)),
+        "noise_dim": ("choice", (64, 100, 128, 300))}
+    separate = build_space(TrainConfig(), {"batch_size"}, separate_lr=True)
+    assert list(separate.dimensions) == ["generator_lr", "discriminator_lr", "noise_dim"]
+    assert build_space(TrainConfig(batch_size=8, noise_dim=16), {"batch_size", "noise_dim", "lr"}).dimensions == {}
+
+
+def test_a_search_space_file_adds_changes_removes_and_fixes_fields(tmp_path):
+    # YAML reads 1e-5 as a string: numeric strings are numbers here.
+    path = space_file(tmp_path, "lr: {loguniform: [1e-5, 1e-2]}\nbeta1: {uniform: [0.3, 0.9]}\n"
+                                "generator_width: {randint: [8, 17]}\nflip: {choice: [true, false]}\n"
+                                "noise_dim: {grid: [16, 32]}\nbatch_size: null\nlabel_smoothing: 0.1\n")
+    space = build_space(TrainConfig(), set(), file=path)
+    assert {name: (dimension.kind, dimension.values) for name, dimension in space.dimensions.items()} == {
+        "lr": ("loguniform", (1e-5, 1e-2)), "beta1": ("uniform", (0.3, 0.9)), "generator_width": ("randint", (8, 17)),
+        "flip": ("choice", (True, False)), "noise_dim": ("grid", (16, 32))}
+    assert space.constants == {"label_smoothing": 0.1} and space.grid_size == 2
+    json_path = space_file(tmp_path, json.dumps({"batch_size": {"choice": [16, 32]}}), "space.json")
+    assert build_space(TrainConfig(), set(), file=json_path).dimensions["batch_size"].values == (16, 32)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("btach_size: {choice: [8]}", "unknown config field(s): 'btach_size' (did you mean 'batch_size'?)"),
+    ("workers: {choice: [1, 2]}", "workers cannot be searched: every trial has the same resources: set "
+                                  "--workers-per-trial"),
+    ("steps: {choice: [10]}", "steps cannot be searched: every trial runs --max-steps steps"),
+    ("lr: {lognormal: [0.1, 1]}", "lr: unknown kind 'lognormal'; use one of loguniform, uniform, choice, randint"),
+    ("lr: {uniform: [0.1, 1], choice: [0.1]}", "lr must have exactly one of loguniform"),
+    ("lr: {loguniform: [0, 0.1]}", "lr: loguniform needs 0 < low, got [0, 0.1]"),
+    ("lr: {uniform: [0.1, 0.01]}", "lr: uniform needs low < high, got [0.1, 0.01]"),
+    ("lr: {uniform: [0.1]}", "lr: uniform takes [low, high], two numbers"),
+    ("lr: {randint: [1, 3]}", "lr is not an integer field: randint is for integer fields"),
+    ("generator_width: {uniform: [16, 64]}", "generator_width is not a float field: use choice, grid or "
+                                                "randint, not uniform"),
+    ("flip: {loguniform: [1, 2]}", "flip is not a float field: use choice or grid, not loguniform"),
+    ("generator_width: {choice: []}", "generator_width: choice takes a list, got []"),
+    ("generator_width: {choice: [16, 16.5]}", "config field 'generator_width' expects int, got 16.5"),
+    ("generator_width: [16, 32]", "generator_width: expected one value or a mapping like {choice: [...]}"),
+    ("batch_size: {choice: [32, 33]}", "search space: batch_size = 33 (choice [32, 33]) cannot be used: "
+                                       "--batch-size 33 cannot be split evenly over 2 replicas"),
+    ("beta1: {uniform: [0.5, 1.5]}", "search space: beta1 = 1.5 (uniform [0.5, 1.5]) cannot be used: --beta1 "
+                                     "must be in [0, 1)"),
+    ("label_smoothing: 0.7", "search space constants: --label-smoothing must be in [0, 0.5)"),
+    ("noise_dim: {choice: [16]}", "noise_dim is fixed by --noise-dim (or --config) and also set in the search"),
+    ("- lr", "must hold a mapping of field names to values"),
+])
+def test_bad_search_spaces_are_refused_before_anything_runs(tmp_path, text, message):
+    path = space_file(tmp_path, text)
+    with pytest.raises(ValueError) as refused:
+        build_space(TrainConfig(workers=2, noise_dim=16), {"noise_dim"}, file=path)
+    assert message in str(refused.value) and str(refused.value).startswith("search space")
+
+
+def test_trials_run_as_many_at_once_as_the_cluster_hosts_whole(capsys):
+    config = TrainConfig(cpus_per_worker=0.5)
+    assert trials_at_once({"CPU": 2.0}, config, requested=None, trials=8) == 4
+    assert trials_at_once({"CPU": 2.0}, config, requested=None, trials=3) == 3
+    assert trials_at_once({"CPU": 2.0}, config.replace(workers=2, batch_size=8), requested=None, trials=8) == 2
+    assert trials_at_once({"CPU": 2.0}, TrainConfig(workers=2, cpus_per_worker=1), requested=None, trials=8) == 1
+    assert trials_at_once({"CPU": 2.0}, TrainConfig(cpus_per_worker=0.3), requested=2, trials=8) == 2
+    gpus = TrainConfig(cpus_per_worker=4, gpus_per_worker=1)
+    assert trials_at_once({"CPU": 64.0, "GPU": 3.0}, gpus, requested=None, trials=8) == 3
+    logged = []
+    assert trials_at_once({"CPU": 2.0}, TrainConfig(cpus_per_worker=1), requested=5, trials=8, log=logged.append) == 2
+    assert logged == ["--concurrent 5: the cluster hosts 2 trials at once; running 2"]
+    with pytest.raises(ValueError, match=r"one trial needs 2 workers x 1.5 CPUs \(and 0 GPUs each\), but the Ray "
+                                         r"cluster has 2 CPUs and 0 GPUs"):
+        trials_at_once({"CPU": 2.0}, TrainConfig(workers=2, cpus_per_worker=1.5), requested=None, trials=2)
+    assert trials_at_once({"CPU": 2.0}, gpus, requested=4, trials=8, autoscaling=True) == 4
+
+
+def test_trial_names_follow_tunes_trial_counter():
+    assert trial_name("3f2a1_00003") == "trial-0003"
+    assert trial_name("3f2a1_12345") == "trial-12345"
+    assert trial_name("odd") == "trial-odd"
+
+
+def test_every_objective_is_something_trials_report():
+    assert set(gan.STEP_METRICS) < set(OBJECTIVES) and {"eval/fid", "eval/kid"} < set(OBJECTIVES)
+
+
+def test_the_best_trial_is_the_best_final_value_of_a_finished_trial():
+    def row(trial, status, final):
+        return TrialRow(trial, status, {}, 10, final, final, 10, "", "")
+
+    rows = [row("a", "stopped early", 1.0), row("b", "finished", 5.0), row("c", "finished", 3.0),
+            row("d", "finished", math.nan), row("e", "failed", None), row("f", "diverged", 0.5)]
+    assert choose_best(rows, "min").trial == "c" and choose_best(rows, "max").trial == "b"
+    assert choose_best(rows[:1] + rows[4:], "min").trial == "a"  # none finished: the best stopped early
+    assert choose_best(rows[4:], "min") is None
+
+
+# ------------------------------------------------------------------ the command, without Ray
+
+def dry_run(capsys, argv: list[str]) -> dict:
+    assert cli_main(["tune", "--dry-run", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_flags_set_the_base_config_and_fix_what_they_set(capsys, tmp_path, faces):
+    plan = dry_run(capsys, ["--trials", "4", "--workdir", str(tmp_path / "sweep"), "--data", faces, *TINY_FLAGS,
+                            "--max-steps", "40", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
+                            "--inception-weights", "random"])
+    base = plan["base"]
+    assert (base["steps"], base["workers"], base["cpus_per_worker"], base["noise_dim"]) == (40, 2, 0.5, 16)
+    assert (base["data"], base["wandb_group"], plan["name"]) == (faces, "sweep", "sweep")
+    # Four reports per trial for ASHA unless --checkpoint-every says otherwise; eval/fid turns evaluation on.
+    assert (base["checkpoint_every"], base["eval_every"], plan["grace_steps"]) == (10, 10, 10)
+    assert list(plan["space"]["dimensions"]) == ["lr", "batch_size"]
+    assert (plan["metric"], plan["mode"], plan["scheduler"], plan["trial_count"]) == ("eval/fid", "min", "asha", 4)
+    assert not (tmp_path / "sweep").exists()  # a dry run writes nothing
+
+    config_file = tmp_path / "base.yaml"
+    config_file.write_text("batch_size: 16\ncheckpoint_every: 7\nsteps: 21\n")
+    plan = dry_run(capsys, ["--trials", "2", "--config", str(config_file), "--metric", "loss/d", "--separate-lr",
+                            "--workdir", str(tmp_path / "other"), "--wandb-group", "mine"])
+    assert (plan["base"]["steps"], plan["base"]["checkpoint_every"], plan["base"]["eval_every"]) == (21, 7, 0)
+    assert list(plan["space"]["dimensions"]) == ["generator_lr", "discriminator_lr", "noise_dim"]
+    assert (plan["name"], plan["user_group"], plan["user_data"]) == ("mine", "mine", None)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trials", "0"], "--trials must be at least 1, got 0"),
+    (["--trials", "2", "--metric", "loss/x"], "--metric 'loss/x' is not something trials report; use one of "
+                                             "eval/fid"),
+    (["--trials", "2", "--max-steps", "0"], "--max-steps must be a positive integer, got 0"),
+    (["--trials", "2", "--max-steps", "8", "--grace-steps", "9"], "--grace-steps 9 is more than the 8 steps"),
+    (["--trials", "2", "--eval-every", "0"], "--metric eval/fid needs evaluation during training; --eval-every 0 "
+                                             "turns it off"),
+    (["--trials", "2", "--workers-per-trial", "2", "--batch-size", "7"], "--batch-size 7 cannot be split evenly "
+                                                                         "over 2 replicas"),
+    (["--trials", "2", "--search-space", "missing.yaml"], "search space file not found: missing.yaml"),
+    (["--trials", "2", "--inception-weights", "/nowhere/inception.h5"], "no InceptionV3 weights file at "
+                                                                        "/nowhere/inception.h5"),
+])
+def test_bad_sweep_settings_end_the_command_with_one_line(capsys, tmp_path, argv, message):
+    error = one_line_error(capsys, ["tune", "--dry-run", "--workdir", str(tmp_path), *argv])
+    assert message in error
+
+
+def test_epochs_and_a_changed_sweep_are_refused(capsys, tmp_path, faces):
+    config_file = tmp_path / "base.yaml"
+    config_file.write_text("epochs: 2\n")
+    error = one_line_error(capsys, ["tune", "--dry-run", "--trials", "2", "--config", str(config_file)])
+    assert "a sweep's trials all run --max-steps steps" in error
+
+    base = TrainConfig(workdir=str(tmp_path / "sweep"), data=faces, **TINY)
+    settings = SweepSettings(trials=2, max_steps=20, metric="loss/d")
+    fixed = {"workdir", "data", *TINY}
+    plan = plan_sweep(base, settings, fixed, log=lambda *_: None)
+    assert plan_sweep(base, settings, fixed, log=lambda *_: None) == plan  # the same command: resumable
+    with pytest.raises(ValueError, match=r"sweep holds another sweep \(samples: 2 -> 3\); run the command "
+                                         r"that started it to resume it, or choose a new --workdir"):
+        plan_sweep(base, SweepSettings(trials=3, max_steps=20, metric="loss/d"), fixed, log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"holds another sweep \(checkpoint_every: 5 -> 8; steps: 20 -> 30; "
+                                         r"grace_steps: 5 -> 7\)"):
+        plan_sweep(base, SweepSettings(trials=2, max_steps=30, metric="loss/d"), fixed, log=lambda *_: None)
+
+
+def test_the_smoke_test_job_is_a_tiny_sweep_that_needs_no_evaluation_weights(capsys, tmp_path):
+    import runpy
+
+    from animegan.job_entry import run_job
+
+    smoke_test = runpy.run_path(str(REPO / "jobs" / "tune.py"))["SMOKE_TEST"]
+    assert run_job("tune", ["--smoke-test", "--dry-run", "--workdir", str(tmp_path)], smoke_test=smoke_test,
+                   smoke_test_help="") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["trial_count"], plan["base"]["steps"], plan["base"]["noise_dim"], plan["base"]["eval_every"]) == (
+        3, 10, 16, 0)
+    assert list(plan["space"]["dimensions"]) == ["lr"]
+
+
+# ------------------------------------------------------------------ sweeps on Ray
+
+def metric_rows(workdir: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_the_best(
+        ray_cluster, tmp_path, capsys):
+    data = tmp_path / "faces"
+    write_folder(data, 48)
+    sweep = tmp_path / "sweep"
+    # 12 of the 48 images are held out for FID: a batch of 64 cannot be filled from the other 36,
+    # which only the trial finds out (the search space's checks do not read the data).
+    space = space_file(tmp_path, "batch_size: {grid: [8, 16, 64]}\n")
+    base = TrainConfig(workdir=str(sweep), data=str(data), cpus_per_worker=0.5, checkpoint_every=4, log_every=2,
+                       sample_every=100, eval_every=4, eval_samples=8, holdout_fraction=0.25,
+                       inception_weights="random", **TINY)
+    fixed = {"workdir", "data", "cpus_per_worker", "checkpoint_every", "log_every", "sample_every", "eval_every",
+             "eval_samples", "holdout_fraction", "inception_weights", *TINY}
+    plan = plan_sweep(base, SweepSettings(trials=1, max_steps=8, search_space=space, grace_steps=4), fixed)
+    # Added after the sweep listed its data: no trial may see it, since none lists the data again.
+    [late] = write_folder(tmp_path / "late", 1)
+    (tmp_path / "late" / late).rename(data / "zz-late.png")
+    outcome = execute_sweep(plan)
+    printed = capsys.readouterr().out
+
+    rows = {row.hyperparameters["batch_size"]: row for row in outcome.rows}
+    assert sorted(rows) == [8, 16, 64] and [row.trial for row in outcome.rows] == ["trial-0000", "trial-0001",
+                                                                                   "trial-0002"]
+    failed = rows[64]
+    assert failed.status == "failed" and failed.final is None
+    assert failed.error.startswith("ValueError: 36 images at ") and "cannot fill one batch of 64" in failed.error
+    assert f"{failed.trial} failed: ValueError: 36 images at" in printed
+    listing = json.loads((sweep / "data-index.json").read_text())["items"]
+    assert len(listing) == 48 and "zz-late.png" not in " ".join(listing)
+
+    lrs = set()
+    for batch in (8, 16):
+        row = rows[batch]
+        assert row.status in ("finished", "stopped early"), row
+        config = json.loads((Path(row.workdir) / "config.json").read_text())
+        assert Path(row.workdir) == sweep / "trials" / row.trial
+        assert (config["batch_size"], config["lr"], config["steps"]) == (batch, row.hyperparameters["lr"], 8)
+        assert 1e-5 <= config["lr"] <= 1e-3 and config["noise_dim"] == 16
+        lrs.add(config["lr"])
+        index = json.loads((Path(row.workdir) / "data-index.json").read_text())
+        assert sorted(index["items"] + index["holdout"]) == sorted(listing) and len(index["holdout"]) == 12
+        fids = [(item["step"], item["eval/fid"]) for item in metric_rows(row.workdir) if "eval/fid" in item]
+        assert fids and row.final == fids[-1][1] and row.best == min(fid for _, fid in fids)
+        if row.status == "finished":
+            assert row.steps == 8 and (Path(row.workdir) / "generator.keras").exists()
+        else:  # stopped by ASHA at its step-4 report; it may train on while Tune stops it
+            assert 4 <= row.steps <= 8 and not (Path(row.workdir) / "status.json").exists()
+        # W&B: each trial its own run, in the sweep's group.
+        assert config["wandb_group"] == plan.name == "sweep"
+        [run_file] = run_files(Path(row.workdir))
+        run = read_run(run_file)
+        assert (run.group, run.name) == ("sweep", row.trial)
+        assert run.run_id == json.loads((Path(row.workdir) / "wandb-run.json").read_text())["id"]
+    assert len(lrs) == 2 and rows[64].hyperparameters["lr"] not in lrs
+
+    # The table, as CSV and JSON, says the same as the outcome.
+    table = json.loads((sweep / "trials.json").read_text())
+    assert (table["metric"], table["best_trial"]) == ("eval/fid", outcome.best.trial)
+    assert [(item["trial"], item["status"], item["hyperparameters"]) for item in table["trials"]] == [
+        (row.trial, row.status, row.hyperparameters) for row in outcome.rows]
+    with open(sweep / "trials.csv", newline="") as file:
+        csv_rows = list(csv.DictReader(file))
+    assert [(item["trial"], item["status"], int(item["batch_size"]), float(item["lr"])) for item in csv_rows] == [
+        (row.trial, row.status, row.hyperparameters["batch_size"], row.hyperparameters["lr"])
+        for row in outcome.rows]
+    assert csv_rows[2]["error"] == failed.error and csv_rows[2]["final eval/fid"] == ""
+
+    # The best: the lowest final FID of the trials that ran to the end (of those stopped early if none did).
+    finished = [row for row in outcome.rows if row.status == "finished"] or [
+        row for row in outcome.rows if row.status == "stopped early"]
+    assert outcome.best == min(finished, key=lambda row: row.final)
+    best_trial_config = json.loads((Path(outcome.best.workdir) / "config.json").read_text())
+    assert cli_main(["train", "--config", str(sweep / "best-config.json"), "--dry-run",
+                     "--workdir", str(tmp_path / "again")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again == {**best_trial_config, "workdir": str(tmp_path / "again"), "wandb_group": None}
+    if outcome.best.status == "finished":  # a trial stopped early has checkpoints but no generator.keras
+        assert (sweep / "best-generator.keras").read_bytes() == (
+            Path(outcome.best.workdir) / "generator.keras").read_bytes()
+    assert (sweep / "best-generator" / "saved_model.pb").stat().st_size > 0
+    best = json.loads((sweep / "best.json").read_text())
+    assert (best["trial"], best["final"]) == (outcome.best.trial, outcome.best.final)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(1200)
+def test_a_killed_sweep_started_again_keeps_its_finished_trials_and_completes_the_rest(faces, tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "animegan", "tune", "--workdir", str(sweep), "--data", faces, "--trials", "2",
+               "--concurrent", "1", "--max-steps", "6", "--metric", "loss/d", "--scheduler", "fifo",
+               "--checkpoint-every", "3", "--log-every", "3", "--sample-every", "100", "--batch-size", "8",
+               "--cpus-per-worker", "1", *TINY_FLAGS]
+    # The command starts (and must stop) its own local Ray instance, apart from the test session's.
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    environment["PYTHONUNBUFFERED"] = "1"
+    first_trial = sweep / "trials" / "trial-0000"
+
+    def tune_recorded_a_finished_trial() -> bool:
+        # Tune saves its experiment every ~10 s; only what it saved can be restored.
+        return any("TERMINATED" in state.read_text() for state in (sweep / "tune").glob("experiment_state-*.json"))
+
+    first_log = tmp_path / "first.log"
+    with open(first_log, "wb") as log:
+        first = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not ((first_trial / "status.json").exists() and tune_recorded_a_finished_trial()):
+            assert first.poll() is None, f"the sweep ended before it could be killed:\n{first_log.read_text()}"
+            assert time.monotonic() < deadline, f"no finished trial after 600 s:\n{first_log.read_text()}"
+            time.sleep(0.5)
+        assert first.poll() is None and not (sweep / "trials.json").exists()
+    finally:
+        killed = kill_tree(first)  # the driver, its Ray instance and the Ray workers, all at once
+    assert len(killed) > 5 and not any(is_running(pid) for pid in killed)
+    before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in first_trial.rglob("*") if path.is_file()}
+    assert json.loads((first_trial / "status.json").read_text())["status"] == "finished"
+
+    second = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        output, _ = second.communicate(timeout=600)
+        deadline = time.monotonic() + 60
+        while group_alive(second.pid) and time.monotonic() < deadline:  # its Ray processes exit with it
+            time.sleep(0.2)
+        assert not group_alive(second.pid)
+    finally:
+        if group_alive(second.pid):
+            os.killpg(second.pid, signal.SIGKILL)
+    assert second.returncode == 0, output
+    assert f"Resuming the sweep in {sweep}" in output
+    # Tune did not start the finished trial again, and nothing in its workdir changed.
+    assert "trial-0000: lr=" not in output and "trial-0001: lr=" in output
+    after = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in first_trial.rglob("*") if path.is_file()}
+    assert after == before
+    table = json.loads((sweep / "trials.json").read_text())
+    assert [(item["trial"], item["status"], item["steps"]) for item in table["trials"]] == [
+        ("trial-0000", "finished", 6), ("trial-0001", "finished", 6)]
+    assert [row["step"] for row in metric_rows(str(sweep / "trials" / "trial-0001"))] == [3, 6]

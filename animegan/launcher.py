@@ -19,6 +19,7 @@ from animegan.config import TrainConfig
 from animegan.data.demo import DEMO_COUNT, demo_archive_name, ensure_demo_archive
 from animegan.data.index import DataIndex, index_for
 from animegan.data.sources import list_images, open_source
+from animegan.retries import StorageError
 from animegan.training import steps_per_epoch
 from animegan.workdir import RunLayout
 
@@ -114,7 +115,9 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
             storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.max_failures),
-            **(run_config_extras or {}),
+            # The driver's storage and data settings (ANIMEGAN_*, GCSFS_*, ...) as they are now,
+            # for this run's workers, whether Ray was started here or joined by address.
+            **{"worker_runtime_env": {"env_vars": cluster.worker_env()}, **(run_config_extras or {})},
         ),
     )
 
@@ -122,6 +125,7 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
 def run_training(config: TrainConfig, *, address: str | None = None, log=print) -> TrainOutcome:
     """Runs (or resumes) a training job to completion and says where its results are."""
     import ray
+    from ray.train import WorkerGroupError
 
     config, _ = resolve(config, log=log)
     layout = RunLayout(config.workdir)
@@ -130,6 +134,10 @@ def run_training(config: TrainConfig, *, address: str | None = None, log=print) 
     try:
         cluster.check_resources(config)
         result = build_trainer(config, layout).fit()
+    except WorkerGroupError as error:
+        # Storage that failed for good on a worker: one message naming the URL, not a worker's traceback.
+        raise next((failure for failure in error.worker_failures.values() if isinstance(failure, StorageError)),
+                   error) from error
     finally:
         if started:
             ray.shutdown()

@@ -172,6 +172,17 @@ def test_a_read_survives_the_storage_going_away_and_coming_back(gcs_emulator, bu
         assert took >= 2.0, f"{type(source).__name__} finished in {took:.1f} s: it never waited for the storage"
 
 
+def test_an_image_that_fails_only_at_decoding_is_dropped_not_fatal(tmp_path):
+    files = image_bytes(9)
+    # Passes the cheap byte check (JPEG signature, end marker) but is not a JPEG inside.
+    files["00004.png"] = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"
+    write_local(tmp_path / "faces", files)
+    source = open_source(str(tmp_path / "faces"))
+    batches = list(training_dataset(source, list_images(source), batch_size=1, repeat=False))
+    assert len(batches) == 8
+    assert all(batch.shape == (1, 64, 64, 3) for batch in batches)
+
+
 def test_a_missing_shard_ends_training_data_with_an_error_naming_it(bucket):
     upload(f"{bucket}/faces", image_bytes(24))
     quiet_pack(f"{bucket}/faces", f"{bucket}/packed")

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 SHUFFLE_WINDOW = 2048
 # Encoded images handed from Python to tf.data per call: one call per image costs
 # more than decoding the image.
-GENERATOR_CHUNK = 64
+GENERATOR_CHUNK = 256
 # When set to a local folder, every worker appends "epoch<TAB>item<TAB>read|skipped"
 # for each item it reads to items-rank<rank>.tsv there: a record of the sharding.
 RECORD_VARIABLE = "ANIMEGAN_RECORD_ITEMS"
@@ -218,7 +218,9 @@ def training_dataset(
     # storage failing for good) must reach the training loop as an error: a silent
     # end of data on one worker would leave the others waiting in a collective op.
     dataset = chunks.interleave(
-        lambda encoded: tf.data.Dataset.from_tensor_slices(encoded).map(decode_image).ignore_errors(log_warning=True),
+        lambda encoded: tf.data.Dataset.from_tensor_slices(encoded)
+        .map(decode_image, num_parallel_calls=tf.data.AUTOTUNE)
+        .ignore_errors(log_warning=True),
         cycle_length=tf.data.AUTOTUNE, block_length=GENERATOR_CHUNK,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     )

@@ -188,3 +188,15 @@ def test_data_pack_command_rejects_a_bad_shard_size(tmp_path, capsys):
     status = cli.main(["data", "pack", str(tmp_path), str(tmp_path / "packed"), "--shard-size", "huge"])
     assert status == 2
     assert "animegan: error: --shard-size must be a size such as 64MB" in capsys.readouterr().err
+
+
+def test_a_pack_is_training_data_for_the_pipeline_commands(tmp_path, capsys):
+    write_local(tmp_path / "raw", image_bytes(12))
+    pack(str(tmp_path / "raw"), str(tmp_path / "packed"), shard_bytes=8 << 10, progress=quiet_progress(), **QUIET)
+    status = cli.main(["data", "preview", "--data", str(tmp_path / "packed" / "manifest.json"), "--num", "9",
+                       "--out", str(tmp_path / "grid.png")])
+    assert status == 0
+    assert "Wrote 9 augmented images" in capsys.readouterr().out
+    from PIL import Image
+
+    assert Image.open(tmp_path / "grid.png").size == (3 * 66 + 2, 3 * 66 + 2)  # 3x3 images of 64 + padding 2

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -153,6 +154,8 @@ def upload(paths: list[Path], url: str) -> None:
 
 
 def main() -> int:
+    # Stopped with SIGTERM (e.g. by `timeout`), still stop the emulator and delete the scratch folder.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     args = parse_args()
     quick = args.quick
     rounds = args.rounds or (1 if quick else 5)

@@ -99,6 +99,18 @@ def test_a_local_folder_packs_into_shards_that_read_back_byte_for_byte(tmp_path)
         assert [(item, data) for item, data in source.read(subset)] == [(item, expected[item]) for item in subset]
 
 
+@pytest.mark.parametrize("chunk_bytes", [300, 512, 1000, 4096, 5000])
+def test_packs_read_back_whatever_the_range_requests_cut(tmp_path, chunk_bytes):
+    # Range requests end anywhere: inside an image, inside a header, on a block boundary.
+    files = {**image_bytes(20, "JPEG"), **image_bytes(20)}
+    write_local(tmp_path / "raw", files)
+    pack(str(tmp_path / "raw"), str(tmp_path / "packed"), shard_bytes=64 << 10, progress=quiet_progress(), **QUIET)
+    source = PackedSource(str(tmp_path / "packed"), chunk_bytes=chunk_bytes)
+    items = source.list_items()
+    assert dict(source.read(items)) == originals_by_member(source, files)
+    assert dict(source.read(items[7:31])) == {item: originals_by_member(source, files)[item] for item in items[7:31]}
+
+
 def test_the_packed_order_is_shuffled_so_shards_mix_the_source(tmp_path):
     write_local(tmp_path / "raw", image_bytes(40))
     pack(str(tmp_path / "raw"), str(tmp_path / "packed"), shard_bytes=8 << 10, progress=quiet_progress(), **QUIET)

@@ -262,11 +262,14 @@ class PackedSource(ImageSource):
                 if not shard:
                     yield members[0][0], KeyError(f"{members[0][0]} is not in the pack at {self.folder}")
                     continue
+                # `buffer` holds the run's bytes [buffer_start, buffer_start + len(buffer)).
                 buffer, buffer_start = b"", members[0][1]
                 for item, offset, size in members:
                     while buffer_start + len(buffer) < offset + size:
-                        # Drop what was sliced already; append the next chunk of this run.
-                        buffer, buffer_start = buffer[offset - buffer_start:] + next(chunks), offset
+                        # Drop what is before this image (its header may lie past the buffer's
+                        # end), then append the run's next chunk.
+                        dropped = min(offset - buffer_start, len(buffer))
+                        buffer, buffer_start = buffer[dropped:] + next(chunks), buffer_start + dropped
                     yield item, buffer[offset - buffer_start: offset - buffer_start + size]
         finally:
             chunks.close()

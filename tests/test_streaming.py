@@ -27,7 +27,14 @@ from animegan.data.pipeline import (
     worker_shard,
 )
 from animegan.data.shards import PackedSource
-from animegan.data.sources import CONCURRENCY_VARIABLE, FileSource, list_images, open_source, read_concurrency
+from animegan.data.sources import (
+    CONCURRENCY_VARIABLE,
+    FileSource,
+    list_images,
+    open_source,
+    prefetched,
+    read_concurrency,
+)
 from animegan.retries import StorageError
 from tests.support.bucket_data import damaged_bytes, image_bytes, upload, write_local
 
@@ -106,6 +113,29 @@ def test_read_concurrency_is_low_for_the_emulator_and_configurable(monkeypatch):
         monkeypatch.setenv(CONCURRENCY_VARIABLE, bad)
         with pytest.raises(ValueError, match=f"{CONCURRENCY_VARIABLE} must be a positive integer, got '{bad}'"):
             read_concurrency()
+
+
+def test_prefetching_keeps_order_raises_errors_in_place_and_stops_with_its_consumer():
+    fetched = []
+
+    def fetch(request: int) -> int:
+        fetched.append(request)
+        if request == 3:
+            raise ConnectionResetError("request 3 failed")
+        return request * 10
+
+    results = prefetched(fetch, range(8), depth=1)
+    assert [next(results) for _ in range(3)] == [0, 10, 20]
+    with pytest.raises(ConnectionResetError, match="request 3 failed"):
+        next(results)
+    assert max(fetched) == 3, "nothing is fetched after an error"
+
+    fetched.clear()
+    results = prefetched(fetch, range(4, 1000), depth=2)
+    assert next(results) == 40
+    results.close()
+    time.sleep(0.5)
+    assert len(fetched) <= 5, "the consumer stopped: so does the fetching"
 
 
 def test_corrupt_objects_in_the_bucket_are_skipped_and_counted(bucket):

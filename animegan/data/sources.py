@@ -12,12 +12,11 @@ zip archive read in place, and packed shards (animegan.data.shards), which
 from __future__ import annotations
 
 import abc
-import collections
-import concurrent.futures
-import itertools
 import os
 import posixpath
+import queue
 import re
+import threading
 import zipfile
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -61,23 +60,51 @@ def is_image_name(name: str) -> bool:
 
 def prefetched(function: Callable[[Request], Result], requests: Iterable[Request],
                depth: int = 1) -> Iterator[Result]:
-    """`function(request)` for each request, in order, computed `depth` requests ahead in a thread.
+    """`function(request)` for each request, in order, computed up to `depth` results ahead in a thread.
 
     The next fetch is in flight while the caller consumes the current result, so
     a storage round trip never leaves the pipeline idle. Errors are raised to
-    the caller, in order.
+    the caller, in order. The thread is a daemon: a fetch still retrying when the
+    process ends (the end of training, Ctrl-C) never holds up its exit.
     """
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="animegan-prefetch")
-    upcoming = iter(requests)
-    pending = collections.deque(pool.submit(function, request) for request in itertools.islice(upcoming, depth + 1))
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(outcome: tuple[bool, object]) -> bool:
+        """Queues an outcome, unless the consumer has gone; True when it was queued."""
+        while not stop.is_set():
+            try:
+                results.put(outcome, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        for request in requests:
+            try:
+                outcome = (True, function(request))
+            except BaseException as error:  # noqa: BLE001 (handed to the consumer)
+                outcome = (False, error)
+            if not hand_over(outcome) or not outcome[0]:
+                return
+        hand_over((True, _END))
+
+    threading.Thread(target=work, name="animegan-prefetch", daemon=True).start()
     try:
-        while pending:
-            result = pending.popleft().result()
-            pending.extend(pool.submit(function, request) for request in itertools.islice(upcoming, 1))
-            yield result
+        while True:
+            succeeded, value = results.get()
+            if not succeeded:
+                raise value
+            if value is _END:
+                return
+            yield value
     finally:
-        # The consumer may stop early (end of training): drop what it will never read.
-        pool.shutdown(wait=False, cancel_futures=True)
+        # The consumer may stop early (end of training): the thread stops after its current fetch.
+        stop.set()
+
+
+_END = object()
 
 
 class ImageSource(abc.ABC):

@@ -190,6 +190,7 @@ def test_data_pack_command_reports_what_it_wrote(tmp_path, capsys):
     status = cli.main(["data", "pack", str(tmp_path / "raw"), str(tmp_path / "packed"), "--shard-size", "8KB"])
     output = capsys.readouterr().out
     assert status == 0
+    assert "packing: 100% 13/13 images" in output  # progress lines when not on a terminal
     assert "Packed 10 images into" in output
     assert "Skipped 3 unreadable image(s)" in output
     assert f"animegan train --data {tmp_path / 'packed'}" in output

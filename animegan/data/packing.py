@@ -191,6 +191,7 @@ def pack(
         # unless no image at all could be read.
         if writer.members:
             finish_shard(source_end=len(items))
+        progress.update(len(items), len(shards), written, force=True)
     finally:
         progress.close()
 

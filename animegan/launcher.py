@@ -117,7 +117,9 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
             storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.max_failures),
-            **(run_config_extras or {}),
+            # The driver's storage and data settings (ANIMEGAN_*, GCSFS_*, ...) as they are now,
+            # for this run's workers, whether Ray was started here or joined by address.
+            **{"worker_runtime_env": {"env_vars": cluster.worker_env()}, **(run_config_extras or {})},
         ),
     )
 

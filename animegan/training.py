@@ -78,7 +78,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from animegan import storage
     from animegan.data.augment import Augmentation
     from animegan.data.index import DataIndex
-    from animegan.data.pipeline import DataPosition, ReadStats, to_uint8, training_dataset
+    from animegan.data.pipeline import DataPosition, ReadStats, next_batch, to_uint8, training_dataset
     from animegan.data.sources import open_source
     from animegan.gan import STEP_METRICS, build_state, make_train_step
     from animegan.grids import image_grid, save_png
@@ -175,7 +175,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     last_row: dict[str, Any] = {"status": "running", "step": start_step}
     diverged = False
     for step in range(start_step + 1, config.steps + 1):
-        window.append(train_step(next(iterator)))
+        window.append(train_step(next_batch(iterator, stats)))
         is_last = step == config.steps
         checkpoint_due = step % config.checkpoint_every == 0 or is_last
 

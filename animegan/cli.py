@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from animegan import startup
+
+    startup.command_started()
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries the job's own output.
     # Set before TensorFlow loads; Ray workers started from here inherit it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

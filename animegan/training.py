@@ -61,6 +61,10 @@ def _configure_worker(config: TrainConfig) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Trains until `config.steps`, resuming from the newest valid checkpoint in the workdir."""
+    from animegan.startup import StartupClock
+
+    clock = StartupClock(loop_config.get("startup"))
+    clock.mark("worker start")
     import ray.train
     import tensorflow as tf
     from ray.train.collective import broadcast_from_rank_zero
@@ -73,6 +77,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _configure_worker(config)
     # The strategy must exist before any other TensorFlow op runs in this process.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    clock.mark("tensorflow import")
 
     from animegan import checkpoint as checkpoints
     from animegan import storage
@@ -90,6 +95,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # --- state: build, then restore the newest valid checkpoint if there is one
     with strategy.scope():
         state = build_state(config)
+    clock.mark("models")
     fixed_noise = np.random.default_rng([config.seed, 1]).standard_normal(
         (SAMPLE_GRID_SIZE, config.noise_dim)).astype(np.float32)
     start_step, epoch, skip_items = 0, 0, 0
@@ -107,6 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             shutil.rmtree(local, ignore_errors=True)
         start_step, epoch, skip_items = info.step, info.epoch, info.skip_items
         say(f"Resuming from {latest} at step {start_step}")
+    clock.mark("checkpoint scan")
 
     # --- data: this worker's shard, from where the checkpoint left off
     index = DataIndex.load(layout.data_index)
@@ -127,6 +134,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = make_train_step(state, config, strategy)
+    clock.mark("dataset")
     # None unless --eval-every; rank 0 evaluates, every worker reports at the same steps.
     evaluation = TrainingEvaluation.create(config, layout, index, is_chief, log=say, resume_step=start_step)
 
@@ -141,6 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         tracking.attach(sink, config, layout, loop_config.get("wandb_env", {}), start_step=start_step,
                         source=source, items=index.items, log=say)
+        clock.mark("metrics and W&B")
 
     def write_samples(step: int) -> None:
         # Every worker runs the generator (no collectives, but keeps workers in step); rank 0 writes.
@@ -178,6 +187,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         window.append(train_step(next_batch(iterator, stats)))
         is_last = step == config.steps
         checkpoint_due = step % config.checkpoint_every == 0 or is_last
+        if step == start_step + 1:
+            window[-1].numpy()  # the end of the first step, tracing included
+            clock.mark("first step")
+            if is_chief:
+                clock.write(layout.startup, log=say)
 
         if step % config.log_every == 0 or checkpoint_due:
             # One host sync per logged step, not per step.
@@ -248,8 +262,11 @@ def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -
 
     from animegan import storage
     from animegan.models import build_generator
+    from animegan.precision import dtype_policy
 
-    plain = build_generator(config)
+    # float32 whatever the training precision: the file then runs, with the same results, on any CPU.
+    with dtype_policy("float32"):
+        plain = build_generator(config)
     plain.set_weights(state.ema_generator.get_weights())
     directory = tempfile.mkdtemp(prefix="animegan-export-")
     try:

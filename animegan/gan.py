@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from animegan import precision
 from animegan.config import TrainConfig
 from animegan.models import build_discriminator, build_generator
 
+# Noise vectors behind the EMA generator's batch-norm statistics (make_ema_statistics_refresher).
+EMA_STATISTICS_SAMPLES = 256
 # Order of the values a step returns.
 STEP_METRICS = ("loss/d", "loss/g", "d/real", "d/fake")
 
@@ -70,12 +73,44 @@ def ema_decay_at(step: tf.Tensor, decay: float) -> tf.Tensor:
 
 
 def update_ema(state: GANState, decay: tf.Tensor) -> None:
-    """EMA of the trainable weights; batch-norm statistics are copied as they are."""
+    """EMA of the trainable weights; batch-norm statistics are copied as they are.
+
+    Copied statistics belong to the live generator's weights, not to the averaged
+    ones (on the real faces that mismatch tints the EMA's samples blue): refresh
+    them with `make_ema_statistics_refresher` before the EMA generator is used.
+    """
     for ema_weight, weight in zip(state.ema_generator.weights, state.generator.weights):
         if weight.trainable:
             ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
         else:
             ema_weight.assign(weight)
+
+
+def make_ema_statistics_refresher(state: GANState, config: TrainConfig,
+                                  samples: int = EMA_STATISTICS_SAMPLES) -> Callable[[], None]:
+    """A function that sets the EMA generator's batch-norm statistics to its own ("standing statistics").
+
+    It runs the EMA generator in training mode on a fixed noise batch and stores
+    the batch mean and variance of every batch-norm input as that layer's moving
+    statistics, so that inference-mode output matches what the averaged weights
+    produce. Deterministic and free of collectives: every worker computes the same
+    values, and may call it whenever the others do or not.
+    """
+    ema = state.ema_generator
+    norms = [layer for layer in ema.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    probe = keras.Model(ema.inputs, [layer.input for layer in norms], name="ema_statistics_probe")
+    noise = tf.constant(np.random.default_rng([config.seed, 2]).standard_normal(
+        (samples, config.noise_dim)).astype(np.float32))
+
+    def refresh() -> None:
+        inputs = probe(noise, training=True)
+        for layer, values in zip(norms, inputs if isinstance(inputs, (list, tuple)) else [inputs]):
+            values = tf.cast(values, tf.float32)
+            mean, variance = tf.nn.moments(values, axes=list(range(len(values.shape) - 1)))
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+
+    return refresh
 
 
 def replica_noise(step: tf.Tensor, stream: int, seed: int, global_batch: int, noise_dim: int,

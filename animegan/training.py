@@ -85,7 +85,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from animegan.data.index import DataIndex
     from animegan.data.pipeline import DataPosition, ReadStats, next_batch, to_uint8, training_dataset
     from animegan.data.sources import open_source
-    from animegan.gan import STEP_METRICS, build_state, make_train_step
+    from animegan.gan import STEP_METRICS, build_state, make_ema_statistics_refresher, make_train_step
     from animegan.grids import image_grid, save_png
     from animegan.metrics.during_training import TrainingEvaluation
     from animegan.sinks import ConsoleProgress, JsonlMetrics, MetricsSink
@@ -134,6 +134,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = make_train_step(state, config, strategy)
+    refresh_ema_statistics = make_ema_statistics_refresher(state, config)
+    ema_ready_at = -1
+
+    def ema_ready(step: int) -> None:
+        # Before the EMA generator is sampled, saved, evaluated or exported: once per step, on every worker.
+        nonlocal ema_ready_at
+        if ema_ready_at != step:
+            refresh_ema_statistics()
+            ema_ready_at = step
     clock.mark("dataset")
     # None unless --eval-every; rank 0 evaluates, every worker reports at the same steps.
     evaluation = TrainingEvaluation.create(config, layout, index, is_chief, log=say, resume_step=start_step)
@@ -153,6 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def write_samples(step: int) -> None:
         # Every worker runs the generator (no collectives, but keeps workers in step); rank 0 writes.
+        ema_ready(step)
         images = to_uint8(state.ema_generator(fixed_noise, training=False))
         if is_chief:
             grid = image_grid(images, columns=8)
@@ -161,6 +171,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def save_checkpoint(step: int, metrics: dict[str, Any]) -> None:
         # Every worker reports (Ray requires it); only rank 0 attaches files.
+        ema_ready(step)
         directory = None
         checkpoint = None
         if is_chief:
@@ -218,6 +229,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         eval_due = evaluation is not None and evaluation.due(step, is_last)
         if eval_due:
             eval_started = time.perf_counter()
+            ema_ready(step)
             sink.log(step, evaluation.run(step, state.ema_generator))  # rank 0 evaluates; {} elsewhere
             window_start += time.perf_counter() - eval_started  # perf/* measures training, not evaluation
         # Reports carry the latest evaluation, so Tune finds eval/* in every result after the first one.
@@ -235,6 +247,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report({**last_row, "status": "finished"})
     if is_chief:
         if not diverged:
+            ema_ready(max(start_step, config.steps))
             export_generator(state, config, layout, step=max(start_step, config.steps))
         # Ray's Result carries the metrics of the latest checkpoint, not of the last report,
         # so the outcome travels to the driver (and to the user) through the workdir.

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from animegan import storage
+from animegan import precision, storage
 from animegan.config import TrainConfig, model_signature
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,11 @@ def write_checkpoint(directory: str, state, *, step: int, epoch: int, skip_items
     arrays = {}
     for prefix, optimizer in [("generator", state.generator_optimizer),
                               ("discriminator", state.discriminator_optimizer)]:
-        for index, variable in enumerate(optimizer.variables):
+        # The Adam slots are the same whatever the precision, so a run can resume in another one.
+        for index, variable in enumerate(precision.inner_optimizer(optimizer).variables):
             arrays[f"{prefix}/{index:04d}"] = np.asarray(variable.numpy())
+        for index, variable in enumerate(precision.loss_scale_variables(optimizer)):
+            arrays[f"{prefix}_loss_scale/{index}"] = np.asarray(variable.numpy())
     np.savez(os.path.join(directory, _OPTIMIZER_FILE), **arrays)
     np.save(os.path.join(directory, _NOISE_FILE), np.asarray(fixed_noise, np.float32), allow_pickle=False)
 
@@ -236,7 +239,10 @@ def restore(local_dir: str, state, config: TrainConfig, source: str | None = Non
     with np.load(os.path.join(local_dir, _OPTIMIZER_FILE), allow_pickle=False) as arrays:
         for prefix, optimizer in [("generator", state.generator_optimizer),
                                   ("discriminator", state.discriminator_optimizer)]:
-            for index, variable in enumerate(optimizer.variables):
+            for index, variable in enumerate(precision.loss_scale_variables(optimizer)):
+                if f"{prefix}_loss_scale/{index}" in arrays:  # else float16 starts from the initial scale
+                    variable.assign(arrays[f"{prefix}_loss_scale/{index}"])
+            for index, variable in enumerate(precision.inner_optimizer(optimizer).variables):
                 if variable.path.endswith("/learning_rate"):
                     continue  # the learning rate comes from this run's config, so --lr can change on resume
                 value = arrays[f"{prefix}/{index:04d}"]

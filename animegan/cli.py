@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from animegan.retries import StorageError
+
 # Each module in animegan.commands adds its subcommand with `register(subparsers)`
 # and sets `run=` on its parser, a function of the parsed arguments returning an exit status.
 COMMANDS = ["train", "generate", "data", "eval", "interpolate", "export", "tune"]
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from animegan import startup
+
+    startup.command_started()
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries the job's own output.
     # Set before TensorFlow loads; Ray workers started from here inherit it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"animegan: error: {error}", file=sys.stderr)
         return 2
+    except StorageError as error:
+        # Storage that kept failing after every retry: the message names the URL.
+        if os.environ.get("ANIMEGAN_DEBUG"):
+            raise
+        print(f"animegan: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("animegan: interrupted; run the same command again to resume from the latest checkpoint",
               file=sys.stderr)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 IMAGE_SIZE = 64  # The architecture is fixed to 64x64x3 images, as in DCGAN.
 WANDB_MODES = ("online", "offline", "disabled")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def _option(default: Any, help: str, flag: str | None = None) -> Any:
@@ -53,6 +54,10 @@ class TrainConfig:
     beta2: float = _option(0.999, "Adam beta2")
     label_smoothing: float = _option(0.0, "one-sided label smoothing: real images are labelled 1 - this")
     ema_decay: float = _option(0.999, "decay of the generator's exponential moving average (0 turns it off)")
+
+    # Speed (benchmarks/README.md has the measurements behind the defaults).
+    precision: str = _option("float32", "float32, mixed_bfloat16 or mixed_float16 (16-bit compute, float32 weights; float16 with loss scaling)")
+    jit: bool | None = _option(None, "XLA-compile the step's forward and backward passes; default: on with a GPU, off on CPU")
 
     # Augmentation of real images, as the seed notebook's ImageDataGenerator did.
     flip: bool = _option(True, "random horizontal flips")
@@ -143,6 +148,8 @@ class TrainConfig:
             raise ValueError(f"--rotation must be between 0 and 180 degrees, got {self.rotation}")
         if not 0 <= self.shift < 1:
             raise ValueError(f"--shift must be in [0, 1), got {self.shift}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.wandb_mode is not None and self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"--wandb-mode must be one of {', '.join(WANDB_MODES)}, got {self.wandb_mode!r}")
         for tag in (self.wandb_tags or "").split(","):

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 
-def root_cause(error: BaseException) -> BaseException:
-    """The first worker's original exception inside a Ray Train failure (or the error itself)."""
-    failures = getattr(error, "worker_failures", None)
-    if failures:
-        error = failures[min(failures)]
+def _unwrap(error: BaseException) -> BaseException:
     controller_failure = getattr(error, "controller_failure", None)
     if controller_failure is not None:
         error = controller_failure
     while error.__cause__ is not None:
         error = error.__cause__
     return error
+
+
+def is_actionable(error: BaseException) -> bool:
+    """Bad input found by a worker, or storage that failed for good: the user can fix these."""
+    from animegan.retries import StorageError
+
+    return isinstance(error, (ValueError, StorageError))
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The original exception inside a Ray Train failure (or the error itself).
+
+    When one worker fails, the others often die next in a broken collective op with an
+    unrelated message, so an actionable cause on any worker wins over the lowest rank's.
+    """
+    failures = getattr(error, "worker_failures", None)
+    if not failures:
+        return _unwrap(error)
+    causes = [_unwrap(failures[rank]) for rank in sorted(failures)]
+    return next((cause for cause in causes if is_actionable(cause)), causes[0])
 
 
 def describe(error: BaseException) -> str:

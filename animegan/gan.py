@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from animegan import precision
 from animegan.config import TrainConfig
 from animegan.models import build_discriminator, build_generator
 
+# Noise vectors behind the EMA generator's batch-norm statistics (make_ema_statistics_refresher).
+EMA_STATISTICS_SAMPLES = 256
 # Order of the values a step returns.
 STEP_METRICS = ("loss/d", "loss/g", "d/real", "d/fake")
 
@@ -40,16 +44,20 @@ class GANState:
 def build_state(config: TrainConfig) -> GANState:
     """Models, EMA copy, optimizers (with their slots built) and the step counter.
 
-    Call inside `strategy.scope()` so that every variable is mirrored.
+    The models compute in `config.precision` (their variables stay float32). Call
+    inside `strategy.scope()` so that every variable is mirrored.
     """
-    generator = build_generator(config)
-    discriminator = build_discriminator(config)
-    ema_generator = build_generator(config, name="ema_generator")
+    with precision.dtype_policy(config.precision):
+        generator = build_generator(config)
+        discriminator = build_discriminator(config)
+        ema_generator = build_generator(config, name="ema_generator")
     ema_generator.set_weights(generator.get_weights())
-    generator_optimizer = keras.optimizers.Adam(
-        config.resolved_generator_lr, beta_1=config.beta1, beta_2=config.beta2, name="generator_adam")
-    discriminator_optimizer = keras.optimizers.Adam(
-        config.resolved_discriminator_lr, beta_1=config.beta1, beta_2=config.beta2, name="discriminator_adam")
+    generator_optimizer = precision.wrap_optimizer(keras.optimizers.Adam(
+        config.resolved_generator_lr, beta_1=config.beta1, beta_2=config.beta2, name="generator_adam"),
+        config.precision)
+    discriminator_optimizer = precision.wrap_optimizer(keras.optimizers.Adam(
+        config.resolved_discriminator_lr, beta_1=config.beta1, beta_2=config.beta2, name="discriminator_adam"),
+        config.precision)
     # Build the slots now, so a checkpoint can be restored into them before the first step.
     generator_optimizer.build(generator.trainable_variables)
     discriminator_optimizer.build(discriminator.trainable_variables)
@@ -65,12 +73,44 @@ def ema_decay_at(step: tf.Tensor, decay: float) -> tf.Tensor:
 
 
 def update_ema(state: GANState, decay: tf.Tensor) -> None:
-    """EMA of the trainable weights; batch-norm statistics are copied as they are."""
+    """EMA of the trainable weights; batch-norm statistics are copied as they are.
+
+    Copied statistics belong to the live generator's weights, not to the averaged
+    ones (on the real faces that mismatch tints the EMA's samples blue): refresh
+    them with `make_ema_statistics_refresher` before the EMA generator is used.
+    """
     for ema_weight, weight in zip(state.ema_generator.weights, state.generator.weights):
         if weight.trainable:
             ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
         else:
             ema_weight.assign(weight)
+
+
+def make_ema_statistics_refresher(state: GANState, config: TrainConfig,
+                                  samples: int = EMA_STATISTICS_SAMPLES) -> Callable[[], None]:
+    """A function that sets the EMA generator's batch-norm statistics to its own ("standing statistics").
+
+    It runs the EMA generator in training mode on a fixed noise batch and stores
+    the batch mean and variance of every batch-norm input as that layer's moving
+    statistics, so that inference-mode output matches what the averaged weights
+    produce. Deterministic and free of collectives: every worker computes the same
+    values, and may call it whenever the others do or not.
+    """
+    ema = state.ema_generator
+    norms = [layer for layer in ema.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    probe = keras.Model(ema.inputs, [layer.input for layer in norms], name="ema_statistics_probe")
+    noise = tf.constant(np.random.default_rng([config.seed, 2]).standard_normal(
+        (samples, config.noise_dim)).astype(np.float32))
+
+    def refresh() -> None:
+        inputs = probe(noise, training=True)
+        for layer, values in zip(norms, inputs if isinstance(inputs, (list, tuple)) else [inputs]):
+            values = tf.cast(values, tf.float32)
+            mean, variance = tf.nn.moments(values, axes=list(range(len(values.shape) - 1)))
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+
+    return refresh
 
 
 def replica_noise(step: tf.Tensor, stream: int, seed: int, global_batch: int, noise_dim: int,
@@ -98,12 +138,8 @@ def make_train_step(state: GANState, config: TrainConfig,
     def average(per_example: tf.Tensor) -> tf.Tensor:
         return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
 
-    def replica_step(real_images: tf.Tensor) -> tf.Tensor:
-        local_batch = tf.shape(real_images)[0]
-        step = state.step.read_value()
-
-        # Discriminator: real images towards 1 (or 1 - smoothing), generated towards 0.
-        noise = replica_noise(step, 0, config.seed, global_batch, config.noise_dim, local_batch)
+    def discriminator_gradients(real_images: tf.Tensor, noise: tf.Tensor):
+        # Real images towards 1 (or 1 - smoothing), generated towards 0.
         with tf.GradientTape() as tape:
             fake_images = generator(noise, training=True)
             real_logits = discriminator(real_images, training=True)
@@ -111,16 +147,38 @@ def make_train_step(state: GANState, config: TrainConfig,
             d_loss = average(per_example_bce(real_label, real_logits) + per_example_bce(0.0, fake_logits))
             scaled = state.discriminator_optimizer.scale_loss(d_loss)
         gradients = tape.gradient(scaled, discriminator.trainable_variables)
-        state.discriminator_optimizer.apply_gradients(zip(gradients, discriminator.trainable_variables))
+        return d_loss, gradients, real_logits, fake_logits
 
-        # Generator: fresh noise, generated images towards 1 (the non-saturating loss).
-        noise = replica_noise(step, 1, config.seed, global_batch, config.noise_dim, local_batch)
+    def generator_gradients(noise: tf.Tensor):
+        # Generated images towards 1 (the non-saturating loss).
         with tf.GradientTape() as tape:
             fake_logits_for_g = discriminator(generator(noise, training=True), training=True)
             g_loss = average(per_example_bce(1.0, fake_logits_for_g))
             scaled = state.generator_optimizer.scale_loss(g_loss)
-        gradients = tape.gradient(scaled, generator.trainable_variables)
-        state.generator_optimizer.apply_gradients(zip(gradients, generator.trainable_variables))
+        return g_loss, tape.gradient(scaled, generator.trainable_variables)
+
+    if precision.jit_enabled(config.jit):
+        # XLA compiles the forward and backward passes only: the optimizers' all-reduces
+        # stay outside, where every strategy supports them.
+        discriminator_gradients = tf.function(discriminator_gradients, jit_compile=True)
+        generator_gradients = tf.function(generator_gradients, jit_compile=True)
+
+    def apply(optimizer, gradients, variables) -> None:
+        gradients = precision.agree_on_finiteness(gradients, optimizer)
+        optimizer.apply_gradients(zip(gradients, variables))
+
+    def replica_step(real_images: tf.Tensor) -> tf.Tensor:
+        local_batch = tf.shape(real_images)[0]
+        step = state.step.read_value()
+
+        noise = replica_noise(step, 0, config.seed, global_batch, config.noise_dim, local_batch)
+        d_loss, gradients, real_logits, fake_logits = discriminator_gradients(real_images, noise)
+        apply(state.discriminator_optimizer, gradients, discriminator.trainable_variables)
+
+        # The generator is scored by the discriminator just updated, on fresh noise.
+        noise = replica_noise(step, 1, config.seed, global_batch, config.noise_dim, local_batch)
+        g_loss, gradients = generator_gradients(noise)
+        apply(state.generator_optimizer, gradients, generator.trainable_variables)
 
         d_real = average(tf.sigmoid(tf.reshape(tf.cast(real_logits, tf.float32), [-1])))
         d_fake = average(tf.sigmoid(tf.reshape(tf.cast(fake_logits, tf.float32), [-1])))

@@ -91,7 +91,8 @@ def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False,
     return config, index
 
 
-def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None):
+def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None,
+                  startup_marks: list | None = None):
     """The TensorflowTrainer for a resolved config (also used by the tuning trials)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -108,7 +109,7 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
         train_loop_per_worker,
         # The driver's W&B settings (never the API key) ride along to rank 0.
         train_loop_config={"config": config.to_dict(), "workdir": layout.workdir,
-                           "wandb_env": driver_environment()},
+                           "wandb_env": driver_environment(), "startup": startup_marks or []},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -117,7 +118,9 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
             storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.max_failures),
-            **(run_config_extras or {}),
+            # The driver's storage and data settings (ANIMEGAN_*, GCSFS_*, ...) as they are now,
+            # for this run's workers, whether Ray was started here or joined by address.
+            **{"worker_runtime_env": {"env_vars": cluster.worker_env()}, **(run_config_extras or {})},
         ),
     )
 
@@ -127,17 +130,22 @@ def run_training(config: TrainConfig, *, address: str | None = None, restart: bo
     """Runs (or resumes; with restart=True, starts over) a training job and says where its results are."""
     import ray
 
+    from animegan.startup import StartupClock
+
+    clock = StartupClock.for_run()
     config, _ = resolve(config, restart=restart, log=log)
+    clock.mark("resolve")
     layout = RunLayout(config.workdir)
     log(f"Workdir: {layout.workdir}")
     started = cluster.connect(address, log)
     try:
         cluster.check_resources(config)
+        clock.mark("ray start")
         # A status left by an earlier attempt must not be mistaken for this one's.
         storage.remove(layout.status)
         # fit() raises if training fails. Its Result carries the metrics of the latest checkpoint,
         # not of the last report, so rank 0 records how the run ended in status.json.
-        build_trainer(config, layout).fit()
+        build_trainer(config, layout, startup_marks=clock.marks).fit()
     finally:
         if started:
             ray.shutdown()

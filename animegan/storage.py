@@ -19,6 +19,16 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
 
 import fsspec  # noqa: E402  (after the environment fix above)
 
+# gs:// credentials are whatever gcsfs finds (application default credentials);
+# none are ever passed in a config. ANIMEGAN_GCS_TOKEN=anon reads public buckets
+# without credentials (any gcsfs `token` value works, e.g. a key file's path).
+GCS_TOKEN_VARIABLE = "ANIMEGAN_GCS_TOKEN"
+
+
+def _storage_options(protocol: str) -> dict[str, Any]:
+    token = os.environ.get(GCS_TOKEN_VARIABLE)
+    return {"token": token} if token and protocol in {"gs", "gcs"} else {}
+
 
 def split_protocol(url: str) -> tuple[str, str]:
     """('gs', 'bucket/key') for 'gs://bucket/key'; ('file', path) for a local path."""
@@ -41,7 +51,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
             f"or another fsspec protocol"
         )
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **_storage_options(protocol))
     except ImportError as error:
         raise ValueError(f"URL {url!r} needs a package that is not installed: {error}") from None
     return fs, path

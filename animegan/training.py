@@ -61,6 +61,10 @@ def _configure_worker(config: TrainConfig) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Trains until `config.steps`, resuming from the newest valid checkpoint in the workdir."""
+    from animegan.startup import StartupClock
+
+    clock = StartupClock(loop_config.get("startup"))
+    clock.mark("worker start")
     import ray.train
     import tensorflow as tf
     from ray.train.collective import broadcast_from_rank_zero
@@ -73,14 +77,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _configure_worker(config)
     # The strategy must exist before any other TensorFlow op runs in this process.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    clock.mark("tensorflow import")
 
     from animegan import checkpoint as checkpoints
     from animegan import storage
     from animegan.data.augment import Augmentation
     from animegan.data.index import DataIndex
-    from animegan.data.pipeline import DataPosition, ReadStats, to_uint8, training_dataset
+    from animegan.data.pipeline import DataPosition, ReadStats, next_batch, to_uint8, training_dataset
     from animegan.data.sources import open_source
-    from animegan.gan import STEP_METRICS, build_state, make_train_step
+    from animegan.gan import STEP_METRICS, build_state, make_ema_statistics_refresher, make_train_step
     from animegan.grids import image_grid, save_png
     from animegan.metrics.during_training import TrainingEvaluation
     from animegan.sinks import ConsoleProgress, JsonlMetrics, MetricsSink
@@ -90,6 +95,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # --- state: build, then restore the newest valid checkpoint if there is one
     with strategy.scope():
         state = build_state(config)
+    clock.mark("models")
     fixed_noise = np.random.default_rng([config.seed, 1]).standard_normal(
         (SAMPLE_GRID_SIZE, config.noise_dim)).astype(np.float32)
     start_step, epoch, skip_items = 0, 0, 0
@@ -107,6 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             shutil.rmtree(local, ignore_errors=True)
         start_step, epoch, skip_items = info.step, info.epoch, info.skip_items
         say(f"Resuming from {latest} at step {start_step}")
+    clock.mark("checkpoint scan")
 
     # --- data: this worker's shard, from where the checkpoint left off
     index = DataIndex.load(layout.data_index)
@@ -127,6 +134,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = make_train_step(state, config, strategy)
+    refresh_ema_statistics = make_ema_statistics_refresher(state, config)
+    ema_ready_at = -1
+
+    def ema_ready(step: int) -> None:
+        # Before the EMA generator is sampled, saved, evaluated or exported: once per step, on every worker.
+        nonlocal ema_ready_at
+        if ema_ready_at != step:
+            refresh_ema_statistics()
+            ema_ready_at = step
+    clock.mark("dataset")
     # None unless --eval-every; rank 0 evaluates, every worker reports at the same steps.
     evaluation = TrainingEvaluation.create(config, layout, index, is_chief, log=say, resume_step=start_step)
 
@@ -141,9 +158,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         tracking.attach(sink, config, layout, loop_config.get("wandb_env", {}), start_step=start_step,
                         source=source, items=index.items, log=say)
+        clock.mark("metrics and W&B")
 
     def write_samples(step: int) -> None:
         # Every worker runs the generator (no collectives, but keeps workers in step); rank 0 writes.
+        ema_ready(step)
         images = to_uint8(state.ema_generator(fixed_noise, training=False))
         if is_chief:
             grid = image_grid(images, columns=8)
@@ -152,6 +171,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def save_checkpoint(step: int, metrics: dict[str, Any]) -> None:
         # Every worker reports (Ray requires it); only rank 0 attaches files.
+        ema_ready(step)
         directory = None
         checkpoint = None
         if is_chief:
@@ -175,9 +195,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     last_row: dict[str, Any] = {"status": "running", "step": start_step}
     diverged = False
     for step in range(start_step + 1, config.steps + 1):
-        window.append(train_step(next(iterator)))
+        window.append(train_step(next_batch(iterator, stats)))
         is_last = step == config.steps
         checkpoint_due = step % config.checkpoint_every == 0 or is_last
+        if step == start_step + 1:
+            window[-1].numpy()  # the end of the first step, tracing included
+            clock.mark("first step")
+            if is_chief:
+                clock.write(layout.startup, log=say)
 
         if step % config.log_every == 0 or checkpoint_due:
             # One host sync per logged step, not per step.
@@ -204,6 +229,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         eval_due = evaluation is not None and evaluation.due(step, is_last)
         if eval_due:
             eval_started = time.perf_counter()
+            ema_ready(step)
             sink.log(step, evaluation.run(step, state.ema_generator))  # rank 0 evaluates; {} elsewhere
             window_start += time.perf_counter() - eval_started  # perf/* measures training, not evaluation
         # Reports carry the latest evaluation, so Tune finds eval/* in every result after the first one.
@@ -221,6 +247,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report({**last_row, "status": "finished"})
     if is_chief:
         if not diverged:
+            ema_ready(max(start_step, config.steps))
             export_generator(state, config, layout, step=max(start_step, config.steps))
         # Ray's Result carries the metrics of the latest checkpoint, not of the last report,
         # so the outcome travels to the driver (and to the user) through the workdir.
@@ -248,8 +275,11 @@ def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -
 
     from animegan import storage
     from animegan.models import build_generator
+    from animegan.precision import dtype_policy
 
-    plain = build_generator(config)
+    # float32 whatever the training precision: the file then runs, with the same results, on any CPU.
+    with dtype_policy("float32"):
+        plain = build_generator(config)
     plain.set_weights(state.ema_generator.get_weights())
     directory = tempfile.mkdtemp(prefix="animegan-export-")
     try:

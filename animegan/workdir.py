@@ -53,6 +53,11 @@ class RunLayout:
         return self.path("generator.json")
 
     @property
+    def startup(self) -> str:
+        """startup.json: where the time to the first training step went (animegan/startup.py)."""
+        return self.path("startup.json")
+
+    @property
     def wandb_run(self) -> str:
         return self.path("wandb-run.json")
 

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from animegan.config import TrainConfig
-from animegan.gan import build_state, ema_decay_at, make_train_step, replica_noise
+from animegan.gan import build_state, ema_decay_at, make_ema_statistics_refresher, make_train_step, replica_noise
 
 TINY = TrainConfig(noise_dim=16, generator_width=8, discriminator_width=8, batch_size=8)
 
@@ -47,6 +47,26 @@ def test_discriminator_learns_to_tell_real_from_fake_and_ema_follows():
     after = state.ema_generator.get_layer("up1").kernel.numpy()
     assert not np.array_equal(before, after)
     assert not np.array_equal(after, state.generator.get_layer("up1").kernel.numpy())  # averaged, not copied
+
+
+def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights():
+    state = build_state(TINY)
+    # Averaged weights that differ from those whose statistics were copied (here: the initial 0 and 1).
+    for weight in state.ema_generator.trainable_weights:
+        weight.assign(weight * 3.0 + 0.1)
+    refresh = make_ema_statistics_refresher(state, TINY, samples=64)
+    noise = np.random.default_rng([TINY.seed, 2]).standard_normal((64, TINY.noise_dim)).astype(np.float32)
+    as_trained = state.ema_generator(noise, training=True).numpy()
+
+    def inference_gap() -> float:
+        return float(np.abs(state.ema_generator(noise, training=False).numpy() - as_trained).max())
+
+    assert inference_gap() > 0.2  # stale statistics: inference output is not what the weights make
+    refresh()
+    assert inference_gap() < 1e-3  # on the refresh's own noise, inference equals training mode
+    first = state.ema_generator.get_layer("project_bn").moving_mean.numpy().copy()
+    refresh()
+    np.testing.assert_array_equal(first, state.ema_generator.get_layer("project_bn").moving_mean.numpy())
 
 
 def test_ema_decay_warms_up():

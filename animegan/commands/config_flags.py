@@ -28,7 +28,7 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
         flag = flag_for(config_field)
         default = config_field.default
         help_text = f"{config_field.metadata['help']} (default: {default})"
-        if str(config_field.type) == "bool":
+        if str(config_field.type) in ("bool", "bool | None"):
             group.add_argument(flag, dest=config_field.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
         else:

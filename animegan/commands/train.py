@@ -36,13 +36,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ray.train.v2.api.exceptions import TrainingFailedError
 
-    from animegan.failures import describe, root_cause
+    from animegan.failures import describe, is_actionable, root_cause
 
     try:
         outcome = run_training(config, address=args.address, restart=args.restart)
     except TrainingFailedError as error:
-        if isinstance(root_cause(error), ValueError):
-            raise ValueError(str(root_cause(error))) from None  # bad input found by a worker: exit 2
+        cause = root_cause(error)
+        if is_actionable(cause):
+            raise cause from None  # one line from cli.main: exit 2 for bad input, 1 for storage
         print(f"animegan: training failed: {describe(error)}\n"
               f"  Fix the cause and run the same command again: it resumes from the latest checkpoint.",
               file=sys.stderr)

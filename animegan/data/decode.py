@@ -55,8 +55,16 @@ def decode_image(encoded: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
     transparency composited over white; the largest centred square is cropped
     and resized with antialiasing.
     """
-    image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
-    image = tf.cast(image, tf.float32)
+    decoded = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    # Most training images are already RGB squares of the right size. Each tf.cond
+    # below costs about as much as decoding a 64x64 JPEG, so skip them all for those.
+    is_ready = tf.reduce_all(tf.equal(tf.shape(decoded), [size, size, 3]))
+    ready = tf.cond(is_ready, lambda: tf.cast(decoded, tf.float32), lambda: _to_rgb_square(decoded, size))
+    return tf.ensure_shape(ready, [size, size, 3])
+
+
+def _to_rgb_square(decoded: tf.Tensor, size: int) -> tf.Tensor:
+    image = tf.cast(decoded, tf.float32)
     channels = tf.shape(image)[-1]
     rgb = tf.cond(channels < 3, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
     has_alpha = tf.equal(channels % 2, 0)  # 2 (grey + alpha) or 4 (RGBA)
@@ -71,5 +79,4 @@ def decode_image(encoded: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
         lambda: rgb,
         lambda: tf.image.resize(rgb, [size, size], method="area", antialias=True),
     )
-    rgb = tf.clip_by_value(rgb, 0.0, 255.0)
-    return tf.ensure_shape(rgb, [size, size, 3])
+    return tf.clip_by_value(rgb, 0.0, 255.0)

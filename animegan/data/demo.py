@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+import os
 import zipfile
 
 import numpy as np
@@ -129,9 +130,32 @@ def write_demo_archive(url: str, count: int = DEMO_COUNT) -> str:
     return url
 
 
+def cached_demo_archive() -> str | None:
+    """A local copy of the archive in the user's cache, drawn once per machine; None if the cache is not writable.
+
+    Drawing the set takes seconds on every new workdir; the archive depends only on
+    DEMO_VERSION and DEMO_COUNT (in its name), so a copy drawn once serves every run.
+    """
+    folder = os.environ.get("ANIMEGAN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "animegan")
+    path = os.path.join(folder, demo_archive_name())
+    if os.path.exists(path):
+        return path
+    try:
+        os.makedirs(folder, exist_ok=True)
+        write_demo_archive(path)  # atomic: a reader never sees half an archive
+    except OSError:
+        return None
+    return path
+
+
 def ensure_demo_archive(workdir: str) -> str:
-    """The demo archive inside the workdir, drawn on first use and reused after."""
+    """The demo archive inside the workdir (so that every worker can read it), copied from the cache."""
     url = storage.join(workdir, demo_archive_name())
     if not storage.exists(url):
-        write_demo_archive(url)
+        cached = cached_demo_archive()
+        if cached:
+            storage.upload_file(cached, url)
+        else:
+            write_demo_archive(url)
     return url

@@ -3,12 +3,20 @@
 The job shards the data itself (by Ray Train rank), so tf.data's own
 auto-sharding is switched off: left on, each worker would see a fraction of a
 fraction. Every worker gets the same number of items per epoch, which keeps the
-workers' steps, and so their collective ops, in lock step.
+workers' steps, and so their collective ops, in lock step; and the generator
+runs epoch after epoch without end, so no worker ever runs out first.
+
+Raw files are shuffled item by item. Packed shards are read whole, in order
+(large sequential reads): the shards are shuffled per epoch, and the images
+within a window of each worker's stream.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -18,9 +26,18 @@ import tensorflow as tf
 
 from animegan.data.augment import Augmentation, augment_batch
 from animegan.data.decode import decode_image, problem_with
-from animegan.data.sources import ImageSource
+from animegan.data.sources import ImageSource, ReadResult
 
 logger = logging.getLogger(__name__)
+
+# Images of a packed stream shuffled together (about 7 MB of 64x64 JPEGs).
+SHUFFLE_WINDOW = 2048
+# Encoded images handed from Python to tf.data per call: one call per image costs
+# more than decoding the image.
+GENERATOR_CHUNK = 256
+# When set to a local folder, every worker appends "epoch<TAB>item<TAB>read|skipped"
+# for each item it reads to items-rank<rank>.tsv there: a record of the sharding.
+RECORD_VARIABLE = "ANIMEGAN_RECORD_ITEMS"
 
 
 @dataclass
@@ -30,6 +47,8 @@ class ReadStats:
     read: int = 0
     skipped: int = 0
     examples: list[str] = field(default_factory=list)
+    # The error that ended the pipeline (a storage failure after every retry), if one did.
+    failure: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def skip(self, item: str, reason: str) -> None:
@@ -48,9 +67,25 @@ class DataPosition:
     skip_items: int = 0
 
 
-def epoch_order(num_items: int, seed: int, epoch: int) -> np.ndarray:
-    """The global order of items in an epoch: a permutation that depends only on (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_items)
+def epoch_order(num_items: int, seed: int, epoch: int, runs: Sequence[int] | None = None) -> np.ndarray:
+    """The global order of items in an epoch: a permutation that depends only on (seed, epoch, runs).
+
+    Without `runs`, every item goes anywhere. With `runs` (lengths of consecutive
+    groups of items, e.g. packed shards), the groups are shuffled but each stays
+    whole and in order, so that it is read sequentially; the result is then rotated
+    by a random offset, so that the boundaries between the workers' slices (and
+    the remainder no worker gets) move from epoch to epoch, even with one shard.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if runs is None:
+        return rng.permutation(num_items)
+    if sum(runs) != num_items:
+        raise ValueError(f"runs of {sum(runs)} items in all cannot order {num_items} items")
+    if num_items == 0:
+        return np.arange(0)
+    starts = np.cumsum([0, *runs[:-1]])
+    order = np.concatenate([np.arange(starts[run], starts[run] + runs[run]) for run in rng.permutation(len(runs))])
+    return np.roll(order, -int(rng.integers(num_items)))
 
 
 def items_per_worker(num_items: int, world_size: int) -> int:
@@ -63,6 +98,26 @@ def worker_shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return order[rank * count:(rank + 1) * count]
 
 
+def _shard_reads(source: ImageSource, items: Sequence[str], shard: np.ndarray, skip: int,
+                 window_size: int | None, seeds: tuple[int, ...]) -> Iterator[ReadResult]:
+    """Read results of this worker's shard from position `skip`; shuffled within windows if window_size."""
+    if not window_size:
+        yield from source.read([items[index] for index in shard[skip:]])
+        return
+    # Whole windows are read (sequentially) and shuffled; resuming mid-window re-reads
+    # that window and drops what was already consumed, so the order is exactly the same.
+    first = skip // window_size
+    with contextlib.closing(source.read([items[index] for index in shard[first * window_size:]])) as results:
+        for window_index in itertools.count(first):
+            window = list(itertools.islice(results, window_size))
+            if not window:
+                return
+            permutation = np.random.default_rng([*seeds, window_index]).permutation(len(window))
+            start = skip - first * window_size if window_index == first else 0
+            for index in permutation[start:]:
+                yield window[index]
+
+
 def encoded_images(
     source: ImageSource,
     items: Sequence[str],
@@ -73,26 +128,63 @@ def encoded_images(
     position: DataPosition = DataPosition(),
     stats: ReadStats | None = None,
     repeat: bool = True,
+    shuffle_window: int = SHUFFLE_WINDOW,
+    recorded: bool = True,
 ) -> Iterator[bytes]:
-    """Encoded bytes of this worker's items, epoch after epoch, skipping unreadable ones."""
+    """Encoded bytes of this worker's items, epoch after epoch, skipping unreadable ones.
+
+    `recorded=False` keeps a side read (a preview) out of the item record that
+    tests use to check what each worker's shard read.
+    """
     stats = stats if stats is not None else ReadStats()
+    runs = source.sequential_runs(items)
+    record = _item_record(rank) if recorded else None
     epoch = position.epoch
     skip = position.skip_items
-    while True:
-        shard = worker_shard(epoch_order(len(items), seed, epoch), rank, world_size)[skip:]
-        for item, data in source.read([items[index] for index in shard]):
-            if isinstance(data, Exception):
-                stats.skip(item, f"read failed: {type(data).__name__}: {data}")
-                continue
-            problem = problem_with(data)
-            if problem:
-                stats.skip(item, problem)
-                continue
-            stats.read += 1
-            yield data
-        if not repeat:
-            return
-        epoch, skip = epoch + 1, 0
+    try:
+        while True:
+            shard = worker_shard(epoch_order(len(items), seed, epoch, runs), rank, world_size)
+            readable = 0
+            window = shuffle_window if runs is not None else None
+            for item, data in _shard_reads(source, items, shard, skip, window, (seed, epoch, rank)):
+                problem = (f"read failed: {type(data).__name__}: {data}" if isinstance(data, Exception)
+                           else problem_with(data))
+                if record:
+                    record.write(f"{epoch}\t{item}\t{'skipped' if problem else 'read'}\n")
+                if problem:
+                    stats.skip(item, problem)
+                    continue
+                stats.read += 1
+                readable += 1
+                yield data
+            if readable == 0 and len(shard) > skip:
+                # Without this, a worker whose every image is unreadable would loop for ever.
+                raise ValueError(f"none of the {len(shard) - skip} images of worker {rank}'s share of "
+                                 f"{source.url} could be read, e.g. {'; '.join(stats.examples[:3])}")
+            if not repeat:
+                return
+            epoch, skip = epoch + 1, 0
+    except Exception as error:
+        # tf.data reports a generator's error only as a log line and an early end;
+        # keep it, so that the training loop can raise it (see next_batch).
+        stats.failure = error
+        raise
+    finally:
+        if record:
+            record.close()
+
+
+def _item_record(rank: int):
+    folder = os.environ.get(RECORD_VARIABLE)
+    if not folder:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    return open(os.path.join(folder, f"items-rank{rank}.tsv"), "a", buffering=1, encoding="utf-8")
+
+
+def _chunks(values: Iterator[bytes], size: int) -> Iterator[np.ndarray]:
+    while chunk := list(itertools.islice(values, size)):
+        yield np.array(chunk, dtype=object)
 
 
 def training_dataset(
@@ -107,6 +199,7 @@ def training_dataset(
     position: DataPosition = DataPosition(),
     stats: ReadStats | None = None,
     repeat: bool = True,
+    recorded: bool = True,
 ) -> tf.data.Dataset:
     """Batches of float32 [batch_size, 64, 64, 3] images in [-1, 1] for one worker."""
     if items_per_worker(len(items), world_size) < batch_size:
@@ -117,16 +210,27 @@ def training_dataset(
     stats = stats if stats is not None else ReadStats()
 
     # Listing, sharding and per-epoch shuffling happen in Python over item names;
-    # only the bytes of this worker's own items are ever read.
-    dataset = tf.data.Dataset.from_generator(
-        lambda: encoded_images(source, items, rank=rank, world_size=world_size, seed=seed,
-                               position=position, stats=stats, repeat=repeat),
-        output_signature=tf.TensorSpec([], tf.string),
+    # only the bytes of this worker's own items are ever read. They cross into
+    # TensorFlow in chunks (one Python call per image would cap the pipeline).
+    chunks = tf.data.Dataset.from_generator(
+        lambda: _chunks(encoded_images(source, items, rank=rank, world_size=world_size, seed=seed,
+                                       position=position, stats=stats, repeat=repeat, recorded=recorded),
+                        GENERATOR_CHUNK),
+        output_signature=tf.TensorSpec([None], tf.string),
     )
-    # Decoding is per image and CPU-bound: run it in parallel.
-    dataset = dataset.map(decode_image, num_parallel_calls=tf.data.AUTOTUNE)
-    # A file that passed the byte check but still fails to decode is dropped, not fatal.
-    dataset = dataset.ignore_errors(log_warning=True)
+    # Decoding is per image and CPU-bound: chunks are decoded in parallel, and their
+    # images come out in the generator's order (block_length = a whole chunk).
+    # Errors are ignored only within a chunk: an image that passed the byte check
+    # but still fails to decode is dropped. An error of the generator itself (the
+    # storage failing for good) must reach the training loop as an error: a silent
+    # end of data on one worker would leave the others waiting in a collective op.
+    dataset = chunks.interleave(
+        lambda encoded: tf.data.Dataset.from_tensor_slices(encoded)
+        .map(decode_image, num_parallel_calls=tf.data.AUTOTUNE)
+        .ignore_errors(log_warning=True),
+        cycle_length=tf.data.AUTOTUNE, block_length=GENERATOR_CHUNK,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+    )
     # Drop the remainder: every replica step needs a full, equal batch.
     dataset = dataset.batch(batch_size, drop_remainder=True)
     # Augment whole batches (one vectorised transform per batch), with a seed per batch.
@@ -141,6 +245,20 @@ def training_dataset(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options)
+
+
+def next_batch(iterator: Iterator, stats: ReadStats):
+    """The next batch; when the endless pipeline ends, the error that ended it (a storage failure
+    naming its URL) instead of a bare StopIteration."""
+    # Raise a failure as soon as it is known, before this worker's batches run out.
+    if stats.failure is not None:
+        raise stats.failure
+    try:
+        return next(iterator)
+    except (StopIteration, tf.errors.OpError):
+        if stats.failure is not None:
+            raise stats.failure from None
+        raise
 
 
 def to_unit_range(images: tf.Tensor) -> tf.Tensor:

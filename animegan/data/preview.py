@@ -24,5 +24,5 @@ def augmented_images(source: ImageSource, items: Sequence[str], count: int, *, s
     # Through the real pipeline, so unreadable files are skipped and the
     # augmentation is the one training uses, not a re-implementation.
     dataset = training_dataset(source, items, batch_size=min(count, len(items)), seed=seed,
-                               augmentation=augmentation)
+                               augmentation=augmentation, recorded=False)
     return to_uint8(next(iter(dataset)).numpy())

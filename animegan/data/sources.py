@@ -3,25 +3,51 @@
 A source lists its items once (in the driver) and reads any subset of them (in
 each worker). Items are plain strings, so a listing can be written to the
 workdir and split between workers by rank.
+
+Sources: a folder or glob (local or any fsspec URL, e.g. gs://bucket/prefix), a
+zip archive read in place, and packed shards (animegan.data.shards), which
+`open_source` recognises by their manifest.
 """
 
 from __future__ import annotations
 
 import abc
-import concurrent.futures
+import os
 import posixpath
+import queue
+import re
+import threading
 import zipfile
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from animegan import storage
+from animegan.retries import call_with_retries, is_transient
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 GLOB_CHARACTERS = frozenset("*?[")
 
-# One read of a remote source fetches this many objects concurrently.
-DEFAULT_CONCURRENCY = 4
+# Objects fetched at once by one worker reading raw files from a bucket. Real GCS
+# serves many requests per client in parallel; the local GCS emulator serves one
+# at a time, and with 8 or more queued its responses stall.
+CONCURRENCY_VARIABLE = "ANIMEGAN_READ_CONCURRENCY"
+DEFAULT_CONCURRENCY = 32
+EMULATOR_CONCURRENCY = 4
+# Objects per fetch round: enough to keep every connection busy, few enough to start quickly.
+OBJECTS_PER_CONCURRENT_REQUEST = 8
 
 ReadResult = tuple[str, "bytes | Exception"]
+Request = TypeVar("Request")
+Result = TypeVar("Result")
+
+
+def read_concurrency() -> int:
+    """Concurrent object fetches per worker: $ANIMEGAN_READ_CONCURRENCY, else a default for the endpoint."""
+    value = os.environ.get(CONCURRENCY_VARIABLE, "").strip()
+    if not value:
+        return EMULATOR_CONCURRENCY if os.environ.get("STORAGE_EMULATOR_HOST") else DEFAULT_CONCURRENCY
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{CONCURRENCY_VARIABLE} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def is_image_name(name: str) -> bool:
@@ -32,6 +58,55 @@ def is_image_name(name: str) -> bool:
     return posixpath.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 
+def prefetched(function: Callable[[Request], Result], requests: Iterable[Request],
+               depth: int = 1) -> Iterator[Result]:
+    """`function(request)` for each request, in order, computed up to `depth` results ahead in a thread.
+
+    The next fetch is in flight while the caller consumes the current result, so
+    a storage round trip never leaves the pipeline idle. Errors are raised to
+    the caller, in order. The thread is a daemon: a fetch still retrying when the
+    process ends (the end of training, Ctrl-C) never holds up its exit.
+    """
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(outcome: tuple[bool, object]) -> bool:
+        """Queues an outcome, unless the consumer has gone; True when it was queued."""
+        while not stop.is_set():
+            try:
+                results.put(outcome, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        for request in requests:
+            try:
+                outcome = (True, function(request))
+            except BaseException as error:  # noqa: BLE001 (handed to the consumer)
+                outcome = (False, error)
+            if not hand_over(outcome) or not outcome[0]:
+                return
+        hand_over((True, _END))
+
+    threading.Thread(target=work, name="animegan-prefetch", daemon=True).start()
+    try:
+        while True:
+            succeeded, value = results.get()
+            if not succeeded:
+                raise value
+            if value is _END:
+                return
+            yield value
+    finally:
+        # The consumer may stop early (end of training): the thread stops after its current fetch.
+        stop.set()
+
+
+_END = object()
+
+
 class ImageSource(abc.ABC):
     """Encoded images behind a URL."""
 
@@ -40,11 +115,19 @@ class ImageSource(abc.ABC):
 
     @abc.abstractmethod
     def list_items(self) -> list[str]:
-        """All image items, sorted, so every process agrees on the order."""
+        """All image items in a fixed order (sorted, or the pack's order), so every process agrees on it."""
 
     @abc.abstractmethod
     def read(self, items: Sequence[str]) -> Iterator[ReadResult]:
-        """(item, bytes) for each item in order; an Exception instead of bytes when unreadable."""
+        """(item, bytes) for each item in order; an Exception instead of bytes when unreadable.
+
+        A storage failure that outlasts every retry raises animegan.retries.StorageError.
+        """
+
+    def sequential_runs(self, items: Sequence[str]) -> list[int] | None:
+        """Lengths of the consecutive groups of `items` best read as one sequential stream (packed
+        shards), in order; None when every item is read on its own."""
+        return None
 
     def describe(self) -> str:
         return self.url
@@ -53,22 +136,28 @@ class ImageSource(abc.ABC):
 class FileSource(ImageSource):
     """A folder (searched recursively) or a glob, local or on any fsspec filesystem."""
 
-    def __init__(self, url: str, concurrency: int = DEFAULT_CONCURRENCY):
+    def __init__(self, url: str, concurrency: int | None = None):
         super().__init__(url)
         self.fs, self.path = storage.filesystem(url)
-        self.concurrency = concurrency
+        self.concurrency = concurrency or read_concurrency()
         self.local = storage.is_local(url)
 
     def list_items(self) -> list[str]:
+        found = call_with_retries(self._find, what=f"listing {self.url}", url=self.url)
+        images = sorted(path for path in found if is_image_name(path))
+        if not images and any(PACK_SHARD_NAME.fullmatch(posixpath.basename(path)) for path in found):
+            raise ValueError(f"{self.url} holds shards of a pack but no manifest.json: the pack is incomplete; "
+                             f"run `animegan data pack` with the same source and destination again to finish it")
+        return images
+
+    def _find(self) -> list[str]:
         if GLOB_CHARACTERS & set(self.path):
-            found = self.fs.glob(self.path)
-        else:
-            if not self.fs.exists(self.path):
-                raise ValueError(f"no such file, folder, bucket or prefix: {self.url}")
-            if not self.fs.isdir(self.path):
-                raise ValueError(f"{self.url} is a file, not a folder of images or a .zip archive")
-            found = self.fs.find(self.path)
-        return sorted(path for path in found if is_image_name(path))
+            return self.fs.glob(self.path)
+        if not self.fs.exists(self.path):
+            raise ValueError(f"no such file, folder, bucket or prefix: {self.url}")
+        if not self.fs.isdir(self.path):
+            raise ValueError(f"{self.url} is a file, not a folder of images, a .zip archive or a pack manifest")
+        return self.fs.find(self.path)
 
     def read(self, items: Sequence[str]) -> Iterator[ReadResult]:
         if self.local:
@@ -79,21 +168,32 @@ class FileSource(ImageSource):
                 except OSError as error:
                     yield item, error
             return
-        # Remote objects: fetch chunks concurrently and fetch the next chunk while
-        # the current one is consumed, so a round trip never stalls the pipeline.
-        chunk_size = self.concurrency * 8
-        chunks = [items[start:start + chunk_size] for start in range(0, len(items), chunk_size)]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as prefetcher:
-            pending = prefetcher.submit(self._fetch, chunks[0]) if chunks else None
-            for index in range(len(chunks)):
-                results = pending.result()
-                if index + 1 < len(chunks):
-                    pending = prefetcher.submit(self._fetch, chunks[index + 1])
-                for item in chunks[index]:
-                    yield item, results.get(item, FileNotFoundError(item))
+        # Remote objects: one request per object is a round trip each, so fetch a
+        # round of them concurrently, and the next round while this one is consumed.
+        size = self.concurrency * OBJECTS_PER_CONCURRENT_REQUEST
+        rounds = [items[start:start + size] for start in range(0, len(items), size)]
+        for paths, results in zip(rounds, prefetched(self._fetch, rounds)):
+            for item in paths:
+                yield item, results.get(item, FileNotFoundError(item))
 
     def _fetch(self, paths: Sequence[str]) -> dict:
-        return self.fs.cat(list(paths), on_error="return", batch_size=self.concurrency)
+        """Bytes (or the error) of each path; objects failing transiently are fetched again."""
+        results: dict = {}
+        failing = list(paths)
+
+        def fetch_failing() -> None:
+            nonlocal failing
+            results.update(self.fs.cat(failing, on_error="return", batch_size=self.concurrency))
+            failing = [path for path in failing if is_transient(results.get(path))]
+            if failing:
+                raise results[failing[0]]
+
+        call_with_retries(
+            fetch_failing,
+            what=lambda: f"reading {self.fs.unstrip_protocol(failing[0])} ({len(failing)} object(s) failing)",
+            url=self.url,
+        )
+        return results
 
 
 class ZipSource(ImageSource):
@@ -127,14 +227,33 @@ class ZipSource(ImageSource):
                     yield item, error
 
 
+# Names of the files `animegan data pack` writes (see animegan.data.shards).
+PACK_MANIFEST = "manifest.json"
+PACK_SHARD_NAME = re.compile(r"shard-\d{5,}\.tar")
+
+
 def open_source(url: str) -> ImageSource:
-    """The source for a URL: a .zip archive, a glob, or a folder / bucket prefix."""
+    """The source for a URL: a .zip archive, a glob, packed shards (their manifest or its folder),
+    or a folder / bucket prefix of image files."""
     if not url:
         raise ValueError("the data URL is empty")
     _, path = storage.split_protocol(url)
-    if not GLOB_CHARACTERS & set(path) and path.lower().endswith(".zip"):
+    if GLOB_CHARACTERS & set(path):
+        return FileSource(url)
+    if path.lower().endswith(".zip"):
         return ZipSource(url)
+    if _is_pack(url):
+        from animegan.data.shards import PackedSource
+
+        return PackedSource(url)
     return FileSource(url)
+
+
+def _is_pack(url: str) -> bool:
+    if posixpath.basename(url.rstrip("/")) == PACK_MANIFEST:
+        return True
+    manifest = storage.join(url, PACK_MANIFEST)
+    return call_with_retries(lambda: storage.exists(manifest), what=f"looking for {manifest}", url=manifest)
 
 
 def list_images(source: ImageSource) -> list[str]:

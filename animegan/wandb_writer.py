@@ -71,6 +71,12 @@ class WandbWriter:
         self._best: dict[str, tuple[float, int]] = {}
         self._speeds: list[float] = []
         self._end_state: dict[str, Any] = {}
+        # Imported here, not on the W&B thread: importing wandb parses source with `ast` (pydantic
+        # reads field docstrings), and CPython 3.11's ast is not thread-safe (gh-106905). Beside
+        # TensorFlow's autograph parsing on the training thread, the import failed with "AST constructor
+        # recursion depth mismatch" and the run had no W&B. It costs ~0.4 s once.
+        import wandb  # noqa: F401
+
         self._thread = threading.Thread(target=self._work, args=(run_config,), name="animegan-wandb", daemon=True)
         self._thread.start()
 

@@ -1,7 +1,7 @@
 """Hyperparameter sweeps (`animegan tune`): the search space and the sweep's checks without Ray, then real
 sweeps of tiny models on local Ray instances: one on the test session's instance (2 CPUs, half a CPU per
-worker) with eval/fid as the objective and a trial that fails, and one whose driver is killed and started
-again in its own process with its own Ray instance.
+worker) reading the emulator bucket, with eval/fid as the objective and a trial that fails, and one on the
+demo set whose driver is killed and started again in its own process with its own Ray instance.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from animegan.config import TrainConfig
 from animegan.search_space import build_space, default_dimensions
 from animegan.sweep_report import choose_best, TrialRow
 from animegan.tuning import OBJECTIVES, SweepSettings, execute_sweep, plan_sweep, trial_name, trials_at_once
+from tests.support.bucket_data import image_bytes, upload
 from tests.support.images import write_folder
 from tests.support.processes import group_alive, is_running, kill_tree
 from tests.support.wandb_records import read_run, run_files
@@ -240,22 +241,21 @@ def metric_rows(workdir: str) -> list[dict]:
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_the_best(
-        ray_cluster, tmp_path, capsys):
-    data = tmp_path / "faces"
-    write_folder(data, 48)
+        ray_cluster, bucket, tmp_path, capsys):
+    data = f"{bucket}/faces"
+    upload(data, image_bytes(48))
     sweep = tmp_path / "sweep"
     # 12 of the 48 images are held out for FID: a batch of 64 cannot be filled from the other 36,
     # which only the trial finds out (the search space's checks do not read the data).
     space = space_file(tmp_path, "batch_size: {grid: [8, 16, 64]}\n")
-    base = TrainConfig(workdir=str(sweep), data=str(data), cpus_per_worker=0.5, checkpoint_every=4, log_every=2,
+    base = TrainConfig(workdir=str(sweep), data=data, cpus_per_worker=0.5, checkpoint_every=4, log_every=2,
                        sample_every=100, eval_every=4, eval_samples=8, holdout_fraction=0.25,
                        inception_weights="random", **TINY)
     fixed = {"workdir", "data", "cpus_per_worker", "checkpoint_every", "log_every", "sample_every", "eval_every",
              "eval_samples", "holdout_fraction", "inception_weights", *TINY}
     plan = plan_sweep(base, SweepSettings(trials=1, max_steps=8, search_space=space, grace_steps=4), fixed)
     # Added after the sweep listed its data: no trial may see it, since none lists the data again.
-    [late] = write_folder(tmp_path / "late", 1)
-    (tmp_path / "late" / late).rename(data / "zz-late.png")
+    upload(data, {"zz-late.png": image_bytes(49)["00048.png"]})
     outcome = execute_sweep(plan)
     printed = capsys.readouterr().out
 
@@ -266,6 +266,8 @@ def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_th
     assert failed.status == "failed" and failed.final is None
     assert failed.error.startswith("ValueError: 36 images at ") and "cannot fill one batch of 64" in failed.error
     assert f"{failed.trial} failed: ValueError: 36 images at" in printed
+    # Found when the trial resolved its run, before Ray Train started workers for it.
+    assert failed.steps == 0 and not (Path(failed.workdir) / "checkpoints").exists()
     listing = json.loads((sweep / "data-index.json").read_text())["items"]
     assert len(listing) == 48 and "zz-late.png" not in " ".join(listing)
 
@@ -276,7 +278,8 @@ def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_th
         config = json.loads((Path(row.workdir) / "config.json").read_text())
         assert Path(row.workdir) == sweep / "trials" / row.trial
         assert (config["batch_size"], config["lr"], config["steps"]) == (batch, row.hyperparameters["lr"], 8)
-        assert 1e-5 <= config["lr"] <= 1e-3 and config["noise_dim"] == 16
+        assert 1e-5 <= config["lr"] <= 1e-3 and (config["noise_dim"], config["cpus_per_worker"]) == (16, 0.5)
+        assert config["data"] == data
         lrs.add(config["lr"])
         index = json.loads((Path(row.workdir) / "data-index.json").read_text())
         assert sorted(index["items"] + index["holdout"]) == sorted(listing) and len(index["holdout"]) == 12
@@ -325,9 +328,10 @@ def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_th
 
 @pytest.mark.ray
 @pytest.mark.timeout(1200)
-def test_a_killed_sweep_started_again_keeps_its_finished_trials_and_completes_the_rest(faces, tmp_path):
+def test_a_killed_sweep_started_again_keeps_its_finished_trials_and_completes_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "-m", "animegan", "tune", "--workdir", str(sweep), "--data", faces, "--trials", "2",
+    # No --data: the trials train on the built-in demo set, which the command puts into the sweep once.
+    command = [sys.executable, "-m", "animegan", "tune", "--workdir", str(sweep), "--trials", "2",
                "--concurrent", "1", "--max-steps", "6", "--metric", "loss/d", "--scheduler", "fifo",
                "--checkpoint-every", "3", "--log-every", "3", "--sample-every", "100", "--batch-size", "8",
                "--cpus-per-worker", "1", *TINY_FLAGS]
@@ -378,3 +382,7 @@ def test_a_killed_sweep_started_again_keeps_its_finished_trials_and_completes_th
     assert [(item["trial"], item["status"], item["steps"]) for item in table["trials"]] == [
         ("trial-0000", "finished", 6), ("trial-0001", "finished", 6)]
     assert [row["step"] for row in metric_rows(str(sweep / "trials" / "trial-0001"))] == [3, 6]
+    [demo] = sweep.glob("demo-faces-*.zip")
+    for trial in ("trial-0000", "trial-0001"):
+        assert json.loads((sweep / "trials" / trial / "config.json").read_text())["data"] == str(demo)
+        assert not list((sweep / "trials" / trial).glob("demo-faces-*.zip"))

@@ -50,6 +50,11 @@ def start_local(num_cpus: int | None = None, dashboard_port: int | None = None) 
     return f"http://{context.dashboard_url}"
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a command joins: --address, else RAY_ADDRESS (set inside a Ray job), else None (local)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(address: str | None, log=print) -> bool:
     """Joins the cluster at `address` (or RAY_ADDRESS), or starts a local instance.
 
@@ -59,7 +64,7 @@ def connect(address: str | None, log=print) -> bool:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     if address:
         ray.init(address=address, logging_level="WARNING")
         log(f"Joined the Ray cluster at {address}")

@@ -69,6 +69,11 @@ def _dashboard_port() -> int:
     raise OSError("no free port for Ray's dashboard")
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a command joins: --address, else RAY_ADDRESS (set inside a Ray job), else None (local)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(address: str | None, log=print) -> bool:
     """Joins the cluster at `address` (or RAY_ADDRESS), or starts a local instance.
 
@@ -78,7 +83,7 @@ def connect(address: str | None, log=print) -> bool:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     if address:
         ray.init(address=address, logging_level="WARNING")
         log(f"Joined the Ray cluster at {address}")

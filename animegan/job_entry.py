@@ -10,7 +10,8 @@ the working dir on the head node and its workers run on other machines:
   since a workdir inside the job's working dir would vanish with it and other nodes
   could not reach it. Without a bucket, a smoke test goes to the head's temp folder
   (fine on one machine) and any other run must give --workdir;
-- --cpus-per-worker defaults to 1 instead of sharing the head node's cores.
+- --cpus-per-worker defaults to 1 instead of sharing the head node's cores (the
+  launcher does that for any run that joins a cluster: Ray sets RAY_ADDRESS in a job).
 """
 
 from __future__ import annotations
@@ -76,8 +77,6 @@ def cluster_defaults(command: str, argv: Sequence[str], smoke_test: bool) -> lis
     defaults = []
     if not has_flag(argv, "--workdir"):
         defaults += ["--workdir", job_workdir(command, smoke_test)]
-    if not has_flag(argv, "--cpus-per-worker"):
-        defaults += ["--cpus-per-worker", "1"]
     return defaults
 
 

@@ -39,11 +39,13 @@ def default_workdir() -> str:
     return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False,
+def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False, on_cluster: bool = False,
             log=print) -> tuple[TrainConfig, DataIndex]:
     """Fills in the workdir, data and length; lists the data once. Writes nothing when write=False.
 
     restart=True sets the workdir's previous run aside (animegan/archive.py) instead of resuming it.
+    on_cluster=True (the run joins a Ray cluster) gives each worker one CPU unless --cpus-per-worker
+    says otherwise: this machine's cores say nothing about the nodes the workers run on.
     """
     config.validate()
     workdir = storage.absolute(config.workdir or default_workdir())
@@ -72,7 +74,8 @@ def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False,
     config = config.replace(workdir=workdir, data=config.data and data)
     if config.cpus_per_worker == 0:
         # Local default: share this machine's cores between the workers.
-        config = config.replace(cpus_per_worker=float(max(1, (os.cpu_count() or 1) // config.workers)))
+        local_share = max(1, (os.cpu_count() or 1) // config.workers)
+        config = config.replace(cpus_per_worker=1.0 if on_cluster else float(local_share))
     per_epoch = steps_per_epoch(len(index.items), config)
     if config.epochs is not None:
         # The resolved config holds the length in steps only, so it reproduces the run exactly.
@@ -133,7 +136,7 @@ def run_training(config: TrainConfig, *, address: str | None = None, restart: bo
     from animegan.startup import StartupClock
 
     clock = StartupClock.for_run()
-    config, _ = resolve(config, restart=restart, log=log)
+    config, _ = resolve(config, restart=restart, on_cluster=cluster.cluster_address(address) is not None, log=log)
     clock.mark("resolve")
     layout = RunLayout(config.workdir)
     log(f"Workdir: {layout.workdir}")

@@ -189,74 +189,77 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
 
-    # --- the loop
-    window: list[tf.Tensor] = []
-    window_start = time.perf_counter()
-    last_row: dict[str, Any] = {"status": "running", "step": start_step}
-    diverged = False
-    for step in range(start_step + 1, config.steps + 1):
-        window.append(train_step(next_batch(iterator, stats)))
-        is_last = step == config.steps
-        checkpoint_due = step % config.checkpoint_every == 0 or is_last
-        if step == start_step + 1:
-            window[-1].numpy()  # the end of the first step, tracing included
-            clock.mark("first step")
-            if is_chief:
-                clock.write(layout.startup, log=say)
+    # W&B and metrics.jsonl keep what was logged even when the loop fails.
+    try:
+        # --- the loop
+        window: list[tf.Tensor] = []
+        window_start = time.perf_counter()
+        last_row: dict[str, Any] = {"status": "running", "step": start_step}
+        diverged = False
+        for step in range(start_step + 1, config.steps + 1):
+            window.append(train_step(next_batch(iterator, stats)))
+            is_last = step == config.steps
+            checkpoint_due = step % config.checkpoint_every == 0 or is_last
+            if step == start_step + 1:
+                window[-1].numpy()  # the end of the first step, tracing included
+                clock.mark("first step")
+                if is_chief:
+                    clock.write(layout.startup, log=say)
 
-        if step % config.log_every == 0 or checkpoint_due:
-            # One host sync per logged step, not per step.
-            means = tf.reduce_mean(tf.stack(window), axis=0).numpy()
-            elapsed = time.perf_counter() - window_start
-            row = {name: float(value) for name, value in zip(STEP_METRICS, means)}
-            row["perf/images_per_sec"] = len(window) * config.batch_size / elapsed
-            row["perf/step_time"] = elapsed / len(window)
-            row["data/skipped"] = stats.skipped
-            row["lr/generator"] = float(np.asarray(state.generator_optimizer.learning_rate))
-            row["lr/discriminator"] = float(np.asarray(state.discriminator_optimizer.learning_rate))
-            window, window_start = [], time.perf_counter()
-            if not all(math.isfinite(value) for value in means):
-                # Every worker sees the same reduced values, so all stop here together.
-                say(f"Stopping: non-finite loss at step {step} ({row}); the latest checkpoint is kept as it was")
-                last_row = {**row, "status": "diverged", "step": step}
-                diverged = True
-                break
-            sink.log(step, row)
-            last_row = {**row, "status": "running", "step": step}
+            if step % config.log_every == 0 or checkpoint_due:
+                # One host sync per logged step, not per step.
+                means = tf.reduce_mean(tf.stack(window), axis=0).numpy()
+                elapsed = time.perf_counter() - window_start
+                row = {name: float(value) for name, value in zip(STEP_METRICS, means)}
+                row["perf/images_per_sec"] = len(window) * config.batch_size / elapsed
+                row["perf/step_time"] = elapsed / len(window)
+                row["data/skipped"] = stats.skipped
+                row["lr/generator"] = float(np.asarray(state.generator_optimizer.learning_rate))
+                row["lr/discriminator"] = float(np.asarray(state.discriminator_optimizer.learning_rate))
+                window, window_start = [], time.perf_counter()
+                if not all(math.isfinite(value) for value in means):
+                    # Every worker sees the same reduced values, so all stop here together.
+                    say(f"Stopping: non-finite loss at step {step} ({row}); the latest checkpoint is kept as it was")
+                    last_row = {**row, "status": "diverged", "step": step}
+                    diverged = True
+                    break
+                sink.log(step, row)
+                last_row = {**row, "status": "running", "step": step}
 
-        if step % config.sample_every == 0 or is_last:
-            write_samples(step)
-        eval_due = evaluation is not None and evaluation.due(step, is_last)
-        if eval_due:
-            eval_started = time.perf_counter()
-            ema_ready(step)
-            sink.log(step, evaluation.run(step, state.ema_generator))  # rank 0 evaluates; {} elsewhere
-            window_start += time.perf_counter() - eval_started  # perf/* measures training, not evaluation
-        # Reports carry the latest evaluation, so Tune finds eval/* in every result after the first one.
-        reported = {**last_row, **(evaluation.latest if evaluation else {})}
-        if checkpoint_due:
-            save_checkpoint(step, {**reported, "status": "finished" if is_last else "running"})
-        elif eval_due:
-            # Every worker reports at evaluation steps too: a barrier, the same count on every worker.
-            ray.train.report(reported)
+            if step % config.sample_every == 0 or is_last:
+                write_samples(step)
+            eval_due = evaluation is not None and evaluation.due(step, is_last)
+            if eval_due:
+                eval_started = time.perf_counter()
+                ema_ready(step)
+                sink.log(step, evaluation.run(step, state.ema_generator))  # rank 0 evaluates; {} elsewhere
+                window_start += time.perf_counter() - eval_started  # perf/* measures training, not evaluation
+            # Reports carry the latest evaluation, so Tune finds eval/* in every result after the first one.
+            reported = {**last_row, **(evaluation.latest if evaluation else {})}
+            if checkpoint_due:
+                save_checkpoint(step, {**reported, "status": "finished" if is_last else "running"})
+            elif eval_due:
+                # Every worker reports at evaluation steps too: a barrier, the same count on every worker.
+                ray.train.report(reported)
 
-    if diverged:
-        ray.train.report(last_row)
-    elif start_step >= config.steps:
-        say(f"Nothing to train: the checkpoint is at step {start_step} and --steps is {config.steps}")
-        ray.train.report({**last_row, "status": "finished"})
-    if is_chief:
-        if not diverged:
-            ema_ready(max(start_step, config.steps))
-            export_generator(state, config, layout, step=max(start_step, config.steps))
-        # Ray's Result carries the metrics of the latest checkpoint, not of the last report,
-        # so the outcome travels to the driver (and to the user) through the workdir.
-        write_status(layout, "diverged" if diverged else "finished", last_row["step"] if diverged
-                     else max(start_step, config.steps), last_row)
-    if stats.skipped:
-        print(f"worker {rank}: skipped {stats.skipped} unreadable image(s), e.g. {'; '.join(stats.examples)}")
-    sink.log_summary({"status": "diverged" if diverged else "finished", "step": last_row["step"]})
-    sink.close()
+        if diverged:
+            ray.train.report(last_row)
+        elif start_step >= config.steps:
+            say(f"Nothing to train: the checkpoint is at step {start_step} and --steps is {config.steps}")
+            ray.train.report({**last_row, "status": "finished"})
+        if is_chief:
+            if not diverged:
+                ema_ready(max(start_step, config.steps))
+                export_generator(state, config, layout, step=max(start_step, config.steps))
+            # Ray's Result carries the metrics of the latest checkpoint, not of the last report,
+            # so the outcome travels to the driver (and to the user) through the workdir.
+            write_status(layout, "diverged" if diverged else "finished", last_row["step"] if diverged
+                         else max(start_step, config.steps), last_row)
+        if stats.skipped:
+            print(f"worker {rank}: skipped {stats.skipped} unreadable image(s), e.g. {'; '.join(stats.examples)}")
+        sink.log_summary({"status": "diverged" if diverged else "finished", "step": last_row["step"]})
+    finally:
+        sink.close()
 
 
 def write_status(layout: RunLayout, status: str, step: int, metrics: dict[str, Any]) -> None:

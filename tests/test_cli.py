@@ -81,6 +81,19 @@ def test_dry_run_resolves_epochs_to_steps_and_writes_nothing(tmp_path):
     assert not workdir.exists()
 
 
+def test_workers_share_local_cores_but_take_one_cpu_each_on_a_cluster(tmp_path):
+    write_folder(tmp_path / "faces", 16)
+    common = ("train", "--data", str(tmp_path / "faces"), "--workdir", str(tmp_path / "run"), "--batch-size", "8",
+              "--dry-run")
+    local = json.loads(animegan(*common).stdout)
+    assert local["cpus_per_worker"] == os.cpu_count() > 1  # one worker: all of this machine's cores
+    # Nothing connects in a dry run; the address alone says the workers run on other nodes.
+    joined = json.loads(animegan(*common, "--address", "ray://head.example:10001").stdout)
+    assert joined["cpus_per_worker"] == 1.0
+    explicit = json.loads(animegan(*common, "--address", "ray://head.example:10001", "--cpus-per-worker", "4").stdout)
+    assert explicit["cpus_per_worker"] == 4.0
+
+
 def test_resuming_a_workdir_with_another_model_shape_names_the_fields(tiny_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run.layout.workdir, workdir)

@@ -155,6 +155,7 @@ def test_inside_a_ray_job_a_run_without_workdir_goes_to_the_bucket(capsys, monke
     from animegan.job_entry import BUCKET_ENV, RAY_JOB_MARKER, run_job
 
     monkeypatch.setenv(RAY_JOB_MARKER, "{}")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # as Ray sets it for a job's driver (not joined here)
     monkeypatch.delenv(BUCKET_ENV, raising=False)
     assert run_job("train", ["--dry-run"], smoke_test=[], smoke_test_help="") == 2
     assert "inside a Ray job, give --workdir gs://BUCKET/runs/NAME" in capsys.readouterr().err

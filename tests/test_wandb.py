@@ -7,6 +7,8 @@ worker_runtime_env) where a test needs W&B to believe it could log in.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import socket
@@ -216,7 +218,9 @@ class SilentServer:
             connection.close()
 
 
-def test_a_server_that_never_answers_neither_blocks_logging_nor_loses_rows(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def online_writer_behind_a_silent_server(tmp_path, monkeypatch):
+    """An online W&B writer whose server accepts connections and never answers; yields (writer, its messages)."""
     server = SilentServer()
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.port}")
@@ -225,6 +229,13 @@ def test_a_server_that_never_answers_neither_blocks_logging_nor_loses_rows(tmp_p
     try:
         writer = writer_for(tmp_path, monkeypatch, wandb_mode="online")
         writer.log = messages.append
+        yield writer, messages
+    finally:
+        server.close()
+
+
+def test_a_server_that_never_answers_neither_blocks_logging_nor_loses_rows(tmp_path, monkeypatch):
+    with online_writer_behind_a_silent_server(tmp_path, monkeypatch) as (writer, messages):
         started = time.perf_counter()
         for step in range(1, 201):
             writer.write(step, {"loss/d": 1.0, "loss/g": float(step)})
@@ -233,8 +244,6 @@ def test_a_server_that_never_answers_neither_blocks_logging_nor_loses_rows(tmp_p
         closing = time.perf_counter()
         writer.close()
         assert time.perf_counter() - closing < tracking.FINISH_TIMEOUT_SECONDS
-    finally:
-        server.close()
 
     assert any("logging offline instead" in message for message in messages), messages
     assert any("wandb sync" in message for message in messages), messages
@@ -248,20 +257,12 @@ def test_a_server_that_never_answers_neither_blocks_logging_nor_loses_rows(tmp_p
 def test_when_wandb_falls_behind_rows_are_dropped_with_a_warning_not_queued_forever(tmp_path, monkeypatch):
     from animegan import wandb_writer
 
-    server = SilentServer()  # holds W&B's start-up, so nothing leaves the queue meanwhile
     monkeypatch.setattr(wandb_writer, "QUEUE_SIZE", 10)
-    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.port}")
-    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
-    messages: list[str] = []
-    try:
-        writer = writer_for(tmp_path, monkeypatch, wandb_mode="online")
-        writer.log = messages.append
+    # The silent server holds W&B's start-up, so nothing leaves the queue meanwhile.
+    with online_writer_behind_a_silent_server(tmp_path, monkeypatch) as (writer, messages):
         for step in range(1, 31):
             writer.write(step, {"loss/g": float(step)})
         writer.close()
-    finally:
-        server.close()
     assert any("20 item(s) were dropped" in message for message in messages), messages
     offline = [path for path in run_files(tmp_path) if path.parent.name.startswith("offline-run-")]
     assert [row["step"] for row in read_run(offline[0]).rows_with("loss/g")] == list(range(1, 11))

@@ -27,11 +27,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from animegan.commands.config_flags import config_from_args
+    from animegan.cluster import cluster_address
     from animegan.launcher import resolve, run_training
 
     config = config_from_args(args)
     if args.dry_run:
-        resolved, index = resolve(config, write=False, restart=args.restart, log=lambda *_: None)
+        resolved, index = resolve(config, write=False, restart=args.restart,
+                                  on_cluster=cluster_address(args.address) is not None, log=lambda *_: None)
         print(json.dumps(resolved.to_dict(), indent=2))
         return 0
     from ray.train.v2.api.exceptions import TrainingFailedError

@@ -35,6 +35,7 @@ from animegan.config import TrainConfig
 from animegan.data.demo import DEMO_COUNT, demo_archive_name, ensure_demo_archive
 from animegan.data.index import DataIndex, index_for
 from animegan.data.sources import list_images, open_source
+from animegan.launcher import DEFAULT_STEPS
 from animegan.metrics.features import locate_weights
 from animegan.search_space import SearchSpace, build_space
 from animegan.tracking import run_name
@@ -43,7 +44,6 @@ from animegan.workdir import RunLayout
 SWEEP_FILE = "sweep.json"
 TUNE_FOLDER = "tune"
 TRIALS_FOLDER = "trials"
-DEFAULT_MAX_STEPS = 1200  # as `animegan train` (launcher.DEFAULT_STEPS)
 # Unless --checkpoint-every is given, a trial checkpoints (and so reports to Tune) this many times:
 # ASHA can only compare trials at reports.
 REPORTS_PER_TRIAL = 4
@@ -153,7 +153,7 @@ def plan_sweep(base: TrainConfig, settings: SweepSettings, fixed: set[str], *, w
     user_data, user_group = base.data, base.wandb_group  # as given: the best config keeps these
     workdir = storage.absolute(base.workdir or default_sweep_workdir())
     name = base.wandb_group or run_name(workdir)
-    steps = settings.max_steps or base.steps or DEFAULT_MAX_STEPS
+    steps = settings.max_steps or base.steps or DEFAULT_STEPS
     changes: dict[str, Any] = {"steps": steps, "workdir": "", "wandb_group": name}
     if base.cpus_per_worker == 0:
         changes["cpus_per_worker"] = 1.0  # trials share the machine by Ray's accounting, one CPU per worker

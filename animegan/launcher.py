@@ -100,6 +100,7 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
+    from animegan.tf_backend import MultiWorkerConfig
     from animegan.tracking import driver_environment
     from animegan.training import train_loop_per_worker
     from animegan.workdir import CHECKPOINTS
@@ -113,6 +114,8 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
         # The driver's W&B settings (never the API key) ride along to rank 0.
         train_loop_config={"config": config.to_dict(), "workdir": layout.workdir,
                            "wandb_env": driver_environment(), "startup": startup_marks or []},
+        # TF_CONFIG for MultiWorkerMirroredStrategy, without TensorFlow in Ray Train's controller.
+        tensorflow_config=MultiWorkerConfig(),
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(

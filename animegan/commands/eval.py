@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from animegan.metrics.features import InceptionExtractor
     from animegan.workdir import RunLayout
 
-    extractor = InceptionExtractor(args.inception_weights, args.batch_size)  # a missing file fails here, first
+    # A missing weights file fails here, first. Batches no larger than --num: every batch is padded to that size.
+    extractor = InceptionExtractor(args.inception_weights, min(args.batch_size, args.num))
     generator = load_generator(args.checkpoint)
     layout = RunLayout(storage.absolute(args.checkpoint))
     index = DataIndex.load(layout.data_index) if storage.exists(layout.data_index) else None

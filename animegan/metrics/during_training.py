@@ -29,7 +29,7 @@ from animegan import storage
 from animegan.config import TrainConfig
 from animegan.data.index import DataIndex
 from animegan.metrics.evaluation import Evaluator, Reference, sample_items
-from animegan.metrics.features import InceptionExtractor, locate_weights
+from animegan.metrics.features import BATCH_SIZE, InceptionExtractor, locate_weights
 from animegan.workdir import RunLayout
 
 TRAINING_METRICS = ("fid", "kid")
@@ -90,8 +90,9 @@ class TrainingEvaluation:
         self.reference = training_reference(index, config)
         self.evaluator: Evaluator | None = None
         if is_chief:
-            self.evaluator = Evaluator(InceptionExtractor(config.inception_weights), self.reference,
-                                       real_stats_cache(layout.workdir), log)
+            # Batches no larger than an evaluation: the extractor pads every batch to its traced size.
+            extractor = InceptionExtractor(config.inception_weights, batch_size=min(BATCH_SIZE, config.eval_samples))
+            self.evaluator = Evaluator(extractor, self.reference, real_stats_cache(layout.workdir), log)
         self._generator = None
         # The last evaluation's row and its step (rank 0), for Ray's reports; after a restart, from metrics.jsonl.
         self.latest: dict[str, Any] = latest_evaluation(layout.metrics, resume_step) if is_chief else {}

@@ -184,7 +184,9 @@ def make_train_step(state: GANState, config: TrainConfig,
         d_fake = average(tf.sigmoid(tf.reshape(tf.cast(fake_logits, tf.float32), [-1])))
         return tf.stack([d_loss, g_loss, d_real, d_fake])
 
-    @tf.function
+    # No autograph: the step has no Python control flow on tensors, and converting the
+    # Keras layers' and optimizers' code cost a third of the first step's tracing.
+    @tf.function(autograph=False)
     def train_step(distributed_images) -> tf.Tensor:
         per_replica = strategy.run(replica_step, args=(distributed_images,))
         # One all-reduce for all metrics; every worker gets the same totals.

@@ -20,6 +20,9 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.pop("WANDB_API_KEY", None)
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"
+# Ray Train's controller notices a finished worker group at its next health check (every 2 s by
+# default); the suite runs dozens of short jobs, each of which would wait for it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_FACES = Path(os.environ.get("ANIMEGAN_REAL_FACES", REPO.parent / "shared" / "data" / "anime-faces-64.zip"))

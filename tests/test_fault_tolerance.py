@@ -426,8 +426,9 @@ def test_storage_crashing_during_a_checkpoint_upload_is_retried_and_keeps_every_
     # check after each upload found the file missing and uploaded it again. No worker restarted.
     assert outcome.status == "finished" and outcome.step == 30
     output = capfd.readouterr().out
+    # Which file was lost depends on the order of the concurrent uploads (state.json's message says more).
     assert re.search(rf"checkpoint {workdir}/checkpoints/checkpoint-00000020 was not stored whole "
-                     rf"\(\S+ is missing\); uploading it again", output)
+                     rf"\(\S+ is missing( \(the checkpoint was not finished\))?\); uploading it again", output)
     assert resumes(output) == []
     assert metric_steps(workdir) == list(range(5, 31, 5))
     for step in (10, 20, 30):

@@ -94,6 +94,18 @@ def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False, o
     return config, index
 
 
+def finished_outcome(config: TrainConfig, layout: RunLayout) -> TrainOutcome | None:
+    """The outcome of the workdir's run if it already trained `config.steps` steps and exported; else None."""
+    if not (storage.exists(layout.status) and storage.exists(layout.generator_info)):
+        return None
+    ended = json.loads(storage.read_text(layout.status))
+    exported = json.loads(storage.read_text(layout.generator_info))
+    # Rank 0 exports, then writes status.json: both name the step of a run that reached its end.
+    if ended["status"] != "finished" or int(ended["step"]) < config.steps or exported["step"] != ended["step"]:
+        return None
+    return TrainOutcome(status="finished", step=int(ended["step"]), metrics=ended["metrics"], layout=layout)
+
+
 def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None,
                   startup_marks: list | None = None):
     """The TensorflowTrainer for a resolved config (also used by the tuning trials)."""
@@ -143,6 +155,12 @@ def run_training(config: TrainConfig, *, address: str | None = None, restart: bo
     clock.mark("resolve")
     layout = RunLayout(config.workdir)
     log(f"Workdir: {layout.workdir}")
+    done = finished_outcome(config, layout)
+    if done is not None:
+        # The same command run again after it finished: nothing for a cluster to do.
+        log(f"Nothing to train: this workdir's run finished at step {done.step} and exported its generator "
+            f"(--steps {config.steps}). Raise --steps to train on, or --restart to start over.")
+        return done
     started = cluster.connect(address, log)
     try:
         cluster.check_resources(config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 
 import keras
 import numpy as np
@@ -89,9 +90,15 @@ def test_a_run_that_is_already_finished_does_no_more_steps(tiny_run, tmp_path):
     shutil.copytree(tiny_run.layout.workdir, workdir)
     config = json.loads((workdir / "config.json").read_text())
     config.update(workdir=str(workdir))
-    outcome = run_training(TrainConfig.from_dict(config))
-    assert outcome.status == "finished"
+    messages: list[str] = []
+    started = time.monotonic()
+    outcome = run_training(TrainConfig.from_dict(config), log=messages.append)
+    assert (outcome.status, outcome.step) == ("finished", 60)
+    assert outcome.metrics == json.loads((workdir / "status.json").read_text())["metrics"]
+    assert messages[-1].startswith("Nothing to train: this workdir's run finished at step 60")
+    assert time.monotonic() - started < 10  # said by the driver: no workers started
     assert [row["step"] for row in rows(workdir)][-1] == 60
+    assert [step for step, _ in list_checkpoints(str(workdir / "checkpoints"))] == [60, 30]
 
 
 def test_two_workers_train_in_lock_step_with_the_same_loss_scale(ray_cluster, tmp_path):

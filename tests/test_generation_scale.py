@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,23 +257,18 @@ def test_more_workers_than_the_cluster_has_fails_at_once(workdir, tmp_path, ray_
 
 
 @pytest.mark.ray
-def test_a_real_run_generates_from_its_export_and_from_its_latest_checkpoint(tmp_path, ray_cluster):
-    from animegan.config import TrainConfig
-    from animegan.launcher import run_training
-
+def test_a_real_run_generates_from_its_export_and_from_its_latest_checkpoint(tmp_path, tiny_run):
     workdir = tmp_path / "run"
-    run_training(TrainConfig(workdir=str(workdir), steps=10, batch_size=8, noise_dim=16, generator_width=8,
-                             discriminator_width=8, log_every=5, checkpoint_every=10, sample_every=10,
-                             workers=1, cpus_per_worker=1), log=QUIET)
+    shutil.copytree(tiny_run.layout.workdir, workdir)  # a real training run's workdir, 60 steps
     exported = generate_many(GenerationRequest(str(workdir), str(tmp_path / "exported"), count=12, batch_size=8),
                              log=QUIET)
-    assert (exported.generator_source, exported.generator_step) == (str(workdir / "generator.keras"), 10)
+    assert (exported.generator_source, exported.generator_step) == (str(workdir / "generator.keras"), 60)
 
     # Without the export, the latest checkpoint's EMA generator is used: the same weights.
     (workdir / "generator.keras").unlink()
     from_checkpoint = generate_many(GenerationRequest(str(workdir), str(tmp_path / "checkpoint"), count=12,
                                                       batch_size=8), log=QUIET)
-    assert from_checkpoint.generator_source.endswith("checkpoint-00000010")
+    assert from_checkpoint.generator_source.endswith("checkpoint-00000060")
     manifest = json.loads((tmp_path / "checkpoint" / "manifest.json").read_text())
-    assert (manifest["generator_kind"], manifest["generator_step"]) == ("checkpoint", 10)
+    assert (manifest["generator_kind"], manifest["generator_step"]) == ("checkpoint", 60)
     assert image_files(tmp_path / "checkpoint") == image_files(tmp_path / "exported")

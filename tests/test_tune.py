@@ -338,10 +338,12 @@ def test_a_killed_sweep_started_again_keeps_its_finished_trials_and_completes_th
     # The command starts (and must stop) its own local Ray instance, apart from the test session's.
     environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     environment["PYTHONUNBUFFERED"] = "1"
+    # Tune saves its experiment state at most every ~10 s by default; the kill waits for a save.
+    environment["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
     first_trial = sweep / "trials" / "trial-0000"
 
     def tune_recorded_a_finished_trial() -> bool:
-        # Tune saves its experiment every ~10 s; only what it saved can be restored.
+        # Only what Tune saved can be restored.
         return any("TERMINATED" in state.read_text() for state in (sweep / "tune").glob("experiment_state-*.json"))
 
     first_log = tmp_path / "first.log"

@@ -365,23 +365,41 @@ def main() -> None:
                     shown = ", ".join(f"batch {b}: {_rate(m):.1f} img/s" for b, m in measurement.items())
                 print(f"[repeat {repeat + 1}/{args.repeats}] {variant:24s} {shown}  "
                       f"({time.perf_counter() - began:.0f} s, load {load_before:.2f})", flush=True)
+            # Written after every repeat: an interrupted run keeps the repeats it finished.
+            summary = summarise(samples, peaks, flops, batches)
+            summary.update({
+                "load_average": {"max_1min": max(entry["load_before"] for entry in loads),
+                                 "median_1min": statistics.median(entry["load_before"] for entry in loads),
+                                 "per_measurement": loads},
+                "settings": {**child, "repeats": args.repeats, "repeats_done": repeat + 1, "variants": variants,
+                             "quick": args.quick, "real_faces": REAL_FACES.exists()},
+                "machine": {"cpus": os.cpu_count(), "processor": _processor()},
+                "samples": samples,
+                "minutes": (time.time() - started) / 60,
+            })
+            out.write_text(json.dumps(summary, indent=2) + "\n")
 
-    summary = summarise(samples, peaks, flops, batches)
-    summary.update({
-        "load_average": {"max_1min": max(entry["load_before"] for entry in loads),
-                         "median_1min": statistics.median(entry["load_before"] for entry in loads),
-                         "per_measurement": loads},
-        "settings": {**child, "repeats": args.repeats, "variants": variants, "quick": args.quick,
-                     "real_faces": REAL_FACES.exists()},
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        "samples": samples,
-        "minutes": (time.time() - started) / 60,
-    })
     print_table(summary, batches)
     print(f"\nload average (1 min) before each measurement: median {summary['load_average']['median_1min']:.2f}, "
           f"max {summary['load_average']['max_1min']:.2f}")
-    out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def _processor() -> dict:
+    """The CPU's model and the vector extensions that decide float32 and bfloat16 matmul speed."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name") and model in ("", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"model": model, "extensions": [flag for flag in wanted if flag in flags]}
 
 
 if __name__ == "__main__":

@@ -81,10 +81,11 @@ def agree_on_finiteness(gradients: list, optimizer) -> list:
 def jit_enabled(jit: bool | None) -> bool:
     """Whether to XLA-compile the step: as asked, or by default on with a GPU and off on CPU.
 
-    On this project's CPU benchmark XLA made the step slower (benchmarks/README.md);
-    on GPUs XLA fuses the batch norms and activations between the convolutions,
-    which is where a small convolutional network loses time there. Keras's own
-    `jit_compile="auto"` makes the same choice (off on CPU-only machines).
+    On GPUs XLA fuses the batch norms and activations between the convolutions,
+    which is where a small convolutional network loses time there. On CPUs the
+    measurements disagree (slower on an AVX-512 machine, 1.2-1.4x faster on an
+    AVX2 one: README "Performance"), so the CPU default stays Keras's own
+    `jit_compile="auto"` choice: off on CPU-only machines.
     """
     if jit is not None:
         return bool(jit)

@@ -44,11 +44,10 @@ from animegan.metrics.during_training import real_stats_cache  # noqa: E402
 from animegan.metrics.evaluation import Evaluator, Reference, sample_items  # noqa: E402
 from animegan.metrics.features import InceptionExtractor  # noqa: E402
 from animegan.workdir import RunLayout  # noqa: E402
+from real_faces import real_faces_path  # noqa: E402  (this folder is on sys.path: scripts run from it)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# As in tests/conftest.py: ANIMEGAN_REAL_FACES, else ../shared/data next to the repository.
-DEFAULT_DATA = os.environ.get("ANIMEGAN_REAL_FACES") or os.path.join(
-    os.path.dirname(os.path.dirname(HERE)), "shared", "data", "anime-faces-64.zip")
+DEFAULT_DATA = str(real_faces_path())
 DEFAULT_JSON = os.path.join(HERE, "results", "eval_numbers.json")
 HOLDOUT_FRACTION = 0.05  # what the README's 20-minute training command uses
 METRICS = ("fid", "kid")

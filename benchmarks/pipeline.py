@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.gcs_emulator import GCSEmulator  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
+from real_faces import real_faces_path  # noqa: E402  (this folder is on sys.path: scripts run from it)
 
 BATCH_SIZE = 64
 FLIP, ROTATION, SHIFT = True, 10.0, 0.1  # TrainConfig's defaults, the notebook's settings
@@ -63,15 +64,9 @@ LABELS = {
 }
 
 
-def default_data() -> str:
-    candidates = [os.environ.get("ANIMEGAN_REAL_FACES", "")] + [
-        str(folder / "shared" / "data" / "anime-faces-64.zip") for folder in (REPO.parent, REPO.parent.parent)]
-    return next((path for path in candidates if path and Path(path).exists()), candidates[1])
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=default_data(),
+    parser.add_argument("--data", default=str(real_faces_path()),
                         help="zip of face images (default: $ANIMEGAN_REAL_FACES or shared/data/anime-faces-64.zip)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline.json"),
                         help="where to write the JSON results")

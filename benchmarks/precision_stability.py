@@ -37,8 +37,9 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_DATA = os.environ.get("ANIMEGAN_REAL_FACES") or os.path.join(
-    os.path.dirname(REPO), "shared", "data", "anime-faces-64.zip")
+from real_faces import real_faces_path  # noqa: E402  (this folder is on sys.path: scripts run from it)
+
+DEFAULT_DATA = str(real_faces_path())
 HOLDOUT_FRACTION = 0.05
 SUMMARY_KEYS = ("loss/d", "loss/g", "d/real", "d/fake")
 
@@ -80,14 +81,13 @@ def evaluate(workdirs: dict[str, str], count: int, weights: str) -> dict[str, di
     from animegan.data.index import DataIndex
     from animegan.generation import load_generator
     from animegan.metrics.during_training import real_stats_cache
-    from animegan.metrics.evaluation import Evaluator, Reference, sample_items
+    from animegan.metrics.evaluation import Evaluator, choose_reference
     from animegan.metrics.features import BATCH_SIZE, InceptionExtractor
     from animegan.workdir import RunLayout
 
     first = next(iter(workdirs.values()))
     index = DataIndex.load(RunLayout(first).data_index)
-    holdout = sample_items(index.holdout, count, 0)
-    reference = Reference(index.source, tuple(holdout), f"{len(holdout)} held-out images of {index.source}")
+    reference, _ = choose_reference(index.source, index, count, 0)
     extractor = InceptionExtractor(weights, batch_size=min(BATCH_SIZE, count))
     evaluator = Evaluator(extractor, reference, real_stats_cache(first))
     scores = {}

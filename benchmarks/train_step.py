@@ -51,12 +51,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-# As tests/conftest.py finds it: ANIMEGAN_REAL_FACES, else ../shared/data beside the checkout (or beside
-# the folder of worktrees).
-_CANDIDATES = [REPO.parent / "shared" / "data" / "anime-faces-64.zip",
-               REPO.parent.parent / "shared" / "data" / "anime-faces-64.zip"]
-REAL_FACES = Path(os.environ.get("ANIMEGAN_REAL_FACES")
-                  or next((path for path in _CANDIDATES if path.exists()), _CANDIDATES[0]))
+from real_faces import real_faces_path  # noqa: E402
+
+REAL_FACES = real_faces_path()
 SINGLE_PROCESS = {
     "single_process": dict(precision="float32", jit=False),
     "single_process_bf16": dict(precision="mixed_bfloat16", jit=False),

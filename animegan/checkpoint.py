@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from animegan import precision, storage
-from animegan.config import TrainConfig, model_signature
+from animegan.config import TrainConfig, model_signature, saved_model_signature
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def download(url: str) -> str:
 def check_compatible(saved_config: dict[str, Any], config: TrainConfig, where: str) -> None:
     """Raises ValueError naming every model-shape field that differs from the checkpoint's."""
     current = model_signature(config)
-    saved = {key: saved_config.get(key) for key in current}
+    saved = saved_model_signature(saved_config)
     differing = [f"{key}: checkpoint has {saved[key]}, this run has {current[key]}"
                  for key in current if saved[key] != current[key]]
     if differing:

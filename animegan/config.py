@@ -18,6 +18,9 @@ from typing import Any, Mapping
 IMAGE_SIZE = 64  # The architecture is fixed to 64x64x3 images, as in DCGAN.
 WANDB_MODES = ("online", "offline", "disabled")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+ARCHITECTURES = ("dcgan", "seed-notebook")
+LOSSES = ("bce", "hinge")
+DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")
 
 
 def _option(default: Any, help: str, flag: str | None = None) -> Any:
@@ -27,6 +30,9 @@ def _option(default: Any, help: str, flag: str | None = None) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # Where the defaults come from.
+    preset: str = _option("default", "start from a named recipe's values: default, or seed-notebook (the notebook animegan grew from); other flags override them")
+
     # Data and outputs.
     data: str | None = _option(None, "fsspec URL of training images (folder, glob, .zip, gs://...); default: the built-in demo faces")
     workdir: str = _option("", "where everything the run writes goes (local path or gs://); default ./runs/<timestamp>")
@@ -44,6 +50,16 @@ class TrainConfig:
     noise_dim: int = _option(300, "dimension of the generator's noise vector")
     generator_width: int = _option(64, "generator base width; layers are 8x, 4x, 2x, 1x this")
     discriminator_width: int = _option(64, "discriminator base width; layers are 1x, 2x, 4x, 8x this")
+    architecture: str = _option("dcgan", "layer layout: dcgan (Radford et al.: ReLU generator, no batch norm at D's input) or seed-notebook (LeakyReLU generator with biases, batch norm in every D layer)")
+    spectral_norm: bool = _option(False, "spectrally normalise the discriminator's convolutions (Miyato et al., 2018)")
+    discriminator_batch_norm: bool = _option(True, "batch normalisation in the discriminator's hidden layers")
+    minibatch_std: int = _option(0, "images per group of the discriminator's minibatch standard deviation feature (0 turns it off)")
+
+    # Losses and regularisation.
+    loss: str = _option("bce", "adversarial loss: bce (non-saturating) or hinge")
+    diffaugment: str = _option("", "differentiable augmentation of every image the discriminator sees, e.g. color,translation,cutout ('' turns it off)")
+    r1_gamma: float = _option(0.0, "weight of the R1 gradient penalty on real images (0 turns it off)")
+    r1_every: int = _option(16, "steps between (lazy) R1 penalties, each weighted by this interval")
 
     # Optimisation.
     batch_size: int = _option(64, "global batch size, split evenly over the replicas")
@@ -110,8 +126,23 @@ class TrainConfig:
                 close = difflib.get_close_matches(key, known, n=1)
                 hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
             raise ValueError(f"unknown config field(s): {', '.join(hints)}")
+        preset = values.get("preset") or "default"
+        if preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        # The preset's values lie beneath the given ones.
+        values = {**PRESETS[preset], **values}
         coerced = {key: _coerce(known[key], value) for key, value in values.items()}
         return cls(**coerced)
+
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """A config read back from a checkpoint or workdir, written by this or an older animegan.
+
+        Model fields the writer did not have yet take the values its networks
+        were built with, not today's defaults.
+        """
+        missing = {name: value for name, value in MODEL_FIELDS_BEFORE_THEY_EXISTED.items() if name not in values}
+        return cls.from_dict({**values, **missing})
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -119,7 +150,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raises ValueError naming the first bad field; returns self for chaining."""
         positive_ints = ["workers", "noise_dim", "generator_width", "discriminator_width", "batch_size",
-                         "log_every", "sample_every", "checkpoint_every", "keep_checkpoints"]
+                         "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "r1_every"]
         for name in positive_ints:
             value = getattr(self, name)
             if value <= 0:
@@ -148,6 +179,18 @@ class TrainConfig:
             raise ValueError(f"--rotation must be between 0 and 180 degrees, got {self.rotation}")
         if not 0 <= self.shift < 1:
             raise ValueError(f"--shift must be in [0, 1), got {self.shift}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"--architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        parse_diffaugment(self.diffaugment)
+        if self.r1_gamma < 0:
+            raise ValueError(f"--r1-gamma must not be negative, got {self.r1_gamma}")
+        if self.minibatch_std < 0 or self.minibatch_std == 1:
+            raise ValueError(f"--minibatch-std must be 0 (off) or a group of 2 or more images, got {self.minibatch_std}")
+        if self.minibatch_std and (self.batch_size // self.replicas) % self.minibatch_std:
+            raise ValueError(f"--minibatch-std {self.minibatch_std} must divide each replica's batch of "
+                             f"{self.batch_size // self.replicas} images")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.wandb_mode is not None and self.wandb_mode not in WANDB_MODES:
@@ -179,13 +222,51 @@ class TrainConfig:
         return self.workers * max(1, int(self.gpus_per_worker))
 
 
-def model_signature(config: TrainConfig) -> dict[str, int]:
+# The fields that fix the networks' variables: a checkpoint must match them to load.
+MODEL_FIELDS = ("noise_dim", "generator_width", "discriminator_width", "architecture", "spectral_norm",
+                "discriminator_batch_norm", "minibatch_std")
+
+
+# Named recipes: the values `--preset NAME` puts beneath the flags.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # The notebook's recipe, as benchmarks/seed_reference.py writes it plainly in Keras: its layout,
+    # plain non-saturating BCE, Adam 2e-4 / 0.5 for both networks, ImageDataGenerator's augmentation
+    # of real images, and samples from the live generator (no EMA).
+    "seed-notebook": dict(
+        architecture="seed-notebook", noise_dim=300, generator_width=64, discriminator_width=64,
+        spectral_norm=False, discriminator_batch_norm=True, minibatch_std=0,
+        loss="bce", label_smoothing=0.0, diffaugment="", r1_gamma=0.0,
+        lr=2e-4, generator_lr=None, discriminator_lr=None, beta1=0.5, beta2=0.999, ema_decay=0.0,
+        flip=True, rotation=10.0, shift=0.1,
+    ),
+}
+
+# What checkpoints written before a model field existed were built with.
+MODEL_FIELDS_BEFORE_THEY_EXISTED = {"architecture": "dcgan", "spectral_norm": False,
+                                    "discriminator_batch_norm": True, "minibatch_std": 0}
+
+
+def saved_model_signature(saved_config: Mapping[str, Any]) -> dict[str, Any]:
+    """model_signature of a config read from a checkpoint, older ones included."""
+    return {name: saved_config.get(name, MODEL_FIELDS_BEFORE_THEY_EXISTED.get(name)) for name in MODEL_FIELDS}
+
+
+def model_signature(config: TrainConfig) -> dict[str, Any]:
     """The config fields that fix the models' shapes; a checkpoint must match them to load."""
-    return {
-        "noise_dim": config.noise_dim,
-        "generator_width": config.generator_width,
-        "discriminator_width": config.discriminator_width,
-    }
+    return {name: getattr(config, name) for name in MODEL_FIELDS}
+
+
+def parse_diffaugment(policy: str) -> tuple[str, ...]:
+    """'color,translation,cutout' -> ('color', 'translation', 'cutout'); '' -> () (off)."""
+    parts = tuple(part.strip() for part in policy.split(",") if part.strip())
+    unknown = [part for part in parts if part not in DIFFAUGMENT_POLICIES]
+    if unknown:
+        raise ValueError(f"--diffaugment: unknown transform(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(DIFFAUGMENT_POLICIES)} (comma-separated), or '' for none")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"--diffaugment {policy!r} names a transform twice")
+    return parts
 
 
 def _flag_name(field_name: str) -> str:

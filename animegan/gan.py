@@ -19,8 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from animegan import precision
-from animegan.config import TrainConfig
+from animegan import losses, precision
+from animegan.config import TrainConfig, parse_diffaugment
+from animegan.diffaugment import diff_augment
 from animegan.models import build_discriminator, build_generator
 
 # Noise vectors behind the EMA generator's batch-norm statistics (make_ema_statistics_refresher).
@@ -124,36 +125,52 @@ def replica_noise(step: tf.Tensor, stream: int, seed: int, global_batch: int, no
     return noise[start:start + local_batch]
 
 
+def augmentation_seeds(step: tf.Tensor, seed: int, count: int) -> tf.Tensor:
+    """[count, 2] stateless seeds for this (step, replica): the discriminator's input transforms."""
+    context = tf.distribute.get_replica_context()
+    replica_id = tf.cast(context.replica_id_in_sync_group, tf.int64) if context else tf.constant(0, tf.int64)
+    base = tf.stack([tf.cast(seed, tf.int64) + 1_000_003 * (replica_id + 1), tf.cast(step, tf.int64)])
+    return tf.random.experimental.stateless_split(base, num=count)
+
+
 def make_train_step(state: GANState, config: TrainConfig,
                     strategy: tf.distribute.Strategy) -> Callable[[object], tf.Tensor]:
     """A compiled step: distributed batch of real images -> reduced metrics [len(STEP_METRICS)]."""
     global_batch = config.batch_size
     real_label = 1.0 - config.label_smoothing
     generator, discriminator = state.generator, state.discriminator
-
-    def per_example_bce(labels: float, logits: tf.Tensor) -> tf.Tensor:
-        logits = tf.reshape(tf.cast(logits, tf.float32), [-1])
-        return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), labels), logits=logits)
+    policy = parse_diffaugment(config.diffaugment)
+    r1_weight = config.r1_gamma / 2.0 * config.r1_every  # lazy: every r1_every steps, weighted by the interval
 
     def average(per_example: tf.Tensor) -> tf.Tensor:
         return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
 
-    def discriminator_gradients(real_images: tf.Tensor, noise: tf.Tensor):
-        # Real images towards 1 (or 1 - smoothing), generated towards 0.
+    def discriminator_input(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        # Real and generated images get the same kind of transform, so none of it leaks into G.
+        return diff_augment(images, policy, seed) if policy else images
+
+    def discriminator_gradients(real_images: tf.Tensor, noise: tf.Tensor, seeds: tf.Tensor, with_r1: bool):
         with tf.GradientTape() as tape:
             fake_images = generator(noise, training=True)
-            real_logits = discriminator(real_images, training=True)
-            fake_logits = discriminator(fake_images, training=True)
-            d_loss = average(per_example_bce(real_label, real_logits) + per_example_bce(0.0, fake_logits))
-            scaled = state.discriminator_optimizer.scale_loss(d_loss)
+            real_input = discriminator_input(real_images, seeds[0])
+            with tf.GradientTape(watch_accessed_variables=False) as r1_tape:
+                r1_tape.watch(real_input)
+                real_logits = discriminator(real_input, training=True)
+            fake_logits = discriminator(discriminator_input(fake_images, seeds[1]), training=True)
+            d_loss = average(losses.discriminator_loss(config.loss, real_logits, fake_logits, real_label))
+            total = d_loss
+            if with_r1:
+                total += r1_weight * average(losses.r1_penalty(real_logits, real_input, r1_tape))
+            scaled = state.discriminator_optimizer.scale_loss(total)
         gradients = tape.gradient(scaled, discriminator.trainable_variables)
         return d_loss, gradients, real_logits, fake_logits
 
-    def generator_gradients(noise: tf.Tensor):
-        # Generated images towards 1 (the non-saturating loss).
+    def generator_gradients(noise: tf.Tensor, seed: tf.Tensor):
+        # The non-saturating (or hinge) generator loss on fresh noise.
         with tf.GradientTape() as tape:
-            fake_logits_for_g = discriminator(generator(noise, training=True), training=True)
-            g_loss = average(per_example_bce(1.0, fake_logits_for_g))
+            fake_images = generator(noise, training=True)
+            fake_logits_for_g = discriminator(discriminator_input(fake_images, seed), training=True)
+            g_loss = average(losses.generator_loss(config.loss, fake_logits_for_g))
             scaled = state.generator_optimizer.scale_loss(g_loss)
         return g_loss, tape.gradient(scaled, generator.trainable_variables)
 
@@ -170,14 +187,22 @@ def make_train_step(state: GANState, config: TrainConfig,
     def replica_step(real_images: tf.Tensor) -> tf.Tensor:
         local_batch = tf.shape(real_images)[0]
         step = state.step.read_value()
+        seeds = augmentation_seeds(step, config.seed, 3)
 
         noise = replica_noise(step, 0, config.seed, global_batch, config.noise_dim, local_batch)
-        d_loss, gradients, real_logits, fake_logits = discriminator_gradients(real_images, noise)
+        if config.r1_gamma > 0:
+            # Both branches hold no collective op, so replicas may take them freely; all take the same.
+            d_loss, gradients, real_logits, fake_logits = tf.cond(
+                step % config.r1_every == 0,
+                lambda: discriminator_gradients(real_images, noise, seeds, True),
+                lambda: discriminator_gradients(real_images, noise, seeds, False))
+        else:
+            d_loss, gradients, real_logits, fake_logits = discriminator_gradients(real_images, noise, seeds, False)
         apply(state.discriminator_optimizer, gradients, discriminator.trainable_variables)
 
         # The generator is scored by the discriminator just updated, on fresh noise.
         noise = replica_noise(step, 1, config.seed, global_batch, config.noise_dim, local_batch)
-        g_loss, gradients = generator_gradients(noise)
+        g_loss, gradients = generator_gradients(noise, seeds[2])
         apply(state.generator_optimizer, gradients, generator.trainable_variables)
 
         d_real = average(tf.sigmoid(tf.reshape(tf.cast(real_logits, tf.float32), [-1])))

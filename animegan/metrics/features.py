@@ -180,13 +180,17 @@ class InceptionExtractor:
 
     def build(self):
         """The Keras network with this extractor's weights (from scaled 299x299 inputs to features, logits)."""
-        from animegan.metrics.fid_inception import build_network
+        from animegan.metrics.fid_inception import build_network, content_digest, model_weights
 
         network = build_network(with_logits=self.has_classifier)
         if self.is_random:
             seeded_initialisation(network, RANDOM_SEED)
-        else:
-            network.load_weights(self.local_path)
+            return network
+        network.load_weights(self.local_path)
+        # Keras files load by layer order: check that every layer got the very values that were converted.
+        if content_digest(model_weights(network)) != self.location.manifest.content_sha256:
+            raise ValueError(f"the weights in {self.location.folder} do not load into this version's FID network "
+                             f"as converted; run `{FILL_COMMAND}` again")
         return network
 
 

@@ -103,6 +103,8 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
         raise UnsafeArchiveError("a tensor with backward hooks or a non-boolean requires_grad")
     if math.prod(size) == 0:
         return np.zeros(size, storage.dtype)
+    if math.prod(size) * storage.itemsize > MAX_STORAGE_BYTES:  # stride 0 can stretch a tiny storage
+        raise UnsafeArchiveError(f"a tensor of size {size} is larger than {MAX_STORAGE_BYTES} bytes")
     last = offset + sum((dimension - 1) * step for dimension, step in zip(size, stride))
     if last >= len(storage):
         raise UnsafeArchiveError(f"a tensor of size {size} at offset {offset} with strides {stride} "

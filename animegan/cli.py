@@ -16,7 +16,7 @@ from animegan.retries import StorageError
 
 # Each module in animegan.commands adds its subcommand with `register(subparsers)`
 # and sets `run=` on its parser, a function of the parsed arguments returning an exit status.
-COMMANDS = ["train", "generate", "data", "eval", "interpolate", "export", "tune"]
+COMMANDS = ["train", "generate", "data", "eval", "fid-weights", "interpolate", "export", "tune"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"animegan.commands.{name}").register(subparsers)
+        importlib.import_module(f"animegan.commands.{name.replace('-', '_')}").register(subparsers)
     return parser
 
 

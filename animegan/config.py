@@ -100,7 +100,7 @@ class TrainConfig:
     holdout_fraction: float = _option(0.0, "fraction of the images held out from training (chosen by --seed) as the real images evaluation compares with")
     eval_every: int = _option(0, "steps between evaluations (FID, KID) of the EMA generator; 0 turns evaluation off")
     eval_samples: int = _option(1000, "generated images per evaluation (Inception-v3 costs ~6 GFLOP per image)")
-    inception_weights: str = _option("imagenet", "Inception-v3 weights for evaluation: imagenet (from Keras's cache), a .h5 path or URL, or random (offline; figures not comparable with published FID)")
+    inception_weights: str = _option("fid", "Inception-v3 weights for evaluation: fid (the standard FID network, from the cache `animegan fid-weights` fills), a copy of that cache folder (path or URL), or random (tests; figures not comparable with published FID)")
 
     # ------------------------------------------------------------------ helpers
 
@@ -207,7 +207,7 @@ class TrainConfig:
             raise ValueError(f"--eval-samples must be at least 4 (KID compares subsets of half of them), "
                              f"got {self.eval_samples}")
         if not self.inception_weights.strip():
-            raise ValueError("--inception-weights is empty; give imagenet, random, or the path of a weights file")
+            raise ValueError("--inception-weights is empty; give fid, random, or a copy of the FID weights folder")
         replicas = self.replicas
         if self.batch_size % replicas:
             raise ValueError(

@@ -13,9 +13,9 @@ The rows:
 - real: --num real training images (never the held-out ones): the floor a
   perfect generator would reach at this sample size.
 FID is biased upwards at small sample sizes, so only rows with the same --num
-compare; KID is unbiased. With --inception-weights random (the default here,
-as this machine has no ImageNet weights) every number is labelled as not
-comparable with published FID. The real images' features are cached (in the
+compare; KID is unbiased. The network is the standard FID Inception (run
+`animegan fid-weights` once); with --inception-weights random every number is
+labelled as not comparable with published FID. The real images' features are cached (in the
 workdir, or in the temp folder), so a second invocation reads no real images.
 Also reported: seconds per image of Inception features on this machine.
 Results are printed and written as JSON (default benchmarks/results/eval_numbers.json).
@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--data", default=DEFAULT_DATA, help="the real faces zip (default $ANIMEGAN_REAL_FACES, else ../shared/data/anime-faces-64.zip)")
     parser.add_argument("--workdir", help="a trained run's workdir, to score its generator too")
     parser.add_argument("--num", type=int, default=500, help="images per row, generated or real (default 500)")
-    parser.add_argument("--inception-weights", default="random", help="random (default), imagenet, or a .h5 path")
+    parser.add_argument("--inception-weights", default="fid", help="fid (default; `animegan fid-weights` fills it) or random")
     parser.add_argument("--seed", type=int, default=0, help="split and noise seed (default 0)")
     parser.add_argument("--smoke", action="store_true", help="16 images per row and reference: checks the script")
     parser.add_argument("--out", default=DEFAULT_JSON, help="JSON results file")

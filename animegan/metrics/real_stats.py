@@ -28,7 +28,7 @@ from animegan.metrics.feature_set import FeatureSet
 from animegan.metrics.features import InceptionExtractor
 
 # Bump when decoding or resizing changes: old cached features then no longer match.
-PREPROCESSING_VERSION = "decode64-uint8/bilinear299/v1"
+PREPROCESSING_VERSION = "decode64-uint8/bilinear299-no-half-pixel/minus128-over128/v2"
 
 
 def cache_key(source_url: str, items: Sequence[str], extractor_identity: str) -> str:

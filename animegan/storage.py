@@ -3,6 +3,13 @@
 Everything the job reads or writes goes through these functions, so a workdir
 or a dataset can be a local folder or a bucket prefix without the callers
 knowing which.
+
+Names read from storage (the files a checkpoint's state.json lists, a pack's
+shards, the entries of an archive journal) are written by whoever can write to
+a shared bucket. `join` never lets a part leave its base: every part must pass
+`relative_name_problem`, the one check of such names, so an absolute part, a
+`..`, a URL scheme or a chained fsspec URL (`a::file:///`) is refused instead of
+replacing or climbing out of the base.
 """
 
 from __future__ import annotations
@@ -57,8 +64,49 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def relative_name_problem(name: object, *, single: bool = False) -> str | None:
+    """Why `name` is not a plain relative name that stays inside its folder, or None when it is.
+
+    Parts are separated by '/' only; `single` asks for one part (a file directly in the folder).
+    The rules hold on every filesystem: what is harmless on one (a backslash, a colon on
+    Linux) is a separator, a drive or a URL scheme on another, or to fsspec.
+    """
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a name"
+    if not name:
+        return "is empty"
+    if any(ord(character) < 32 or ord(character) == 127 for character in name):
+        return "holds a control character"
+    if "\\" in name:
+        return "holds a backslash"
+    if ":" in name:
+        return "holds a colon (a URL scheme, a drive letter or a chained URL)"
+    if name.startswith("/"):
+        return "is an absolute path"
+    if name.startswith("~"):
+        return "starts with ~ (a home folder)"
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "has an empty, '.' or '..' part"
+    if single and len(parts) > 1:
+        return "is not directly in its folder"
+    return None
+
+
+def check_relative_name(name: object, where: str, *, single: bool = False) -> str:
+    """`name` unchanged when it stays inside its folder; else ValueError naming it and `where` it was read."""
+    problem = relative_name_problem(name, single=single)
+    if problem is not None:
+        raise ValueError(f"{where} names {name!r}, which {problem}: refusing to use it")
+    return name  # type: ignore[return-value]
+
+
 def join(url: str, *parts: str) -> str:
-    """Joins path parts onto a URL with '/', keeping the scheme."""
+    """Joins relative path parts onto a URL with '/', keeping the scheme; ValueError if a part could escape."""
+    for part in parts:
+        problem = relative_name_problem(part)
+        if problem is not None:
+            raise ValueError(f"cannot join {part!r} onto {url}: it {problem}")
     if is_local(url):
         return os.path.join(split_protocol(url)[1], *parts)
     return posixpath.join(url, *parts)
@@ -170,6 +218,17 @@ def list_dir(url: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
+
+
+def file_sizes(url: str) -> dict[str, int]:
+    """{name: size in bytes} of the files directly under a folder URL; {} when it is missing."""
+    fs, path = filesystem(url)
+    try:
+        entries = fs.ls(path, detail=True, refresh=True)
+    except FileNotFoundError:
+        return {}
+    return {posixpath.basename(entry["name"].rstrip("/")): int(entry["size"])
+            for entry in entries if entry.get("type") == "file"}
 
 
 def pyarrow_filesystem(url: str) -> tuple[Any, str]:

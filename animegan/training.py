@@ -99,9 +99,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     fixed_noise = np.random.default_rng([config.seed, 1]).standard_normal(
         (SAMPLE_GRID_SIZE, config.noise_dim)).astype(np.float32)
     start_step, epoch, skip_items = 0, 0, 0
-    # Rank 0 picks the checkpoint and every worker loads that one: workers listing
-    # storage on their own could pick different ones and fall out of step.
-    found = checkpoints.fetch_latest(layout.checkpoints, log=say) if is_chief else None
+    # Rank 0 fetches the checkpoint the driver chose (or a newer one this run wrote before a
+    # restart) and every worker loads that one: workers listing storage on their own could
+    # pick different ones and fall out of step.
+    found = (checkpoints.fetch_latest(layout.checkpoints, log=say, expected=loop_config.get("resume_from"))
+             if is_chief else None)
     latest = broadcast_from_rank_zero(found[0] if found else None)
     if latest is not None:
         local = found[1] if found else checkpoints.download(latest)

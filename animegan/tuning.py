@@ -247,9 +247,9 @@ def run_trial(sampled: dict[str, Any], plan: SweepPlan) -> None:
         # The sweep's listing, split by this trial's seed and holdout fraction: resolve() finds it and lists nothing.
         listing = DataIndex.load(plan.data_index)
         DataIndex.split(listing.source, listing.items, config.holdout_fraction, config.seed).save(layout.data_index)
-    config, _ = resolve(config, log=print)
+    config, _, resume_from = resolve(config, log=print)
     storage.remove(layout.status)  # a status left by an earlier attempt is not this one's
-    build_trainer(config, layout, {"callbacks": [TuneReportCallback()]}).fit()
+    build_trainer(config, layout, {"callbacks": [TuneReportCallback()]}, resume_from=resume_from).fit()
 
 
 def check_same_trial(config: TrainConfig, layout: RunLayout, sampled: Mapping[str, Any]) -> None:

@@ -22,8 +22,8 @@ import pytest
 
 from animegan import storage
 from animegan.archive import JOURNAL, finish_interrupted
-from animegan.checkpoint import (download, ensure_stored, fetch_latest, list_checkpoints, problem_with, read_state,
-                                 restore, write_checkpoint)
+from animegan.checkpoint import (NoUsableCheckpoint, download, ensure_stored, fetch_latest, list_checkpoints,
+                                 problem_with, read_state, restore, write_checkpoint)
 from animegan.cli import main as cli_main
 from animegan.config import TrainConfig
 from animegan.data.pipeline import DataPosition, encoded_images
@@ -33,6 +33,7 @@ from animegan.launcher import resolve, run_training
 from animegan.resume import RAY_SNAPSHOT, set_aside_stale_ray_snapshot
 from animegan.training import data_position
 from animegan.workdir import RunLayout
+from tests.support.fake_checkpoints import write_checkpoint_files
 from tests.support.faulty_emulator import CRASH_EXIT_CODE, FaultyEmulator
 from tests.support.images import write_folder
 from tests.support.processes import group_alive, is_running, kill_tree
@@ -136,6 +137,55 @@ def test_missing_truncated_or_corrupt_checkpoint_files_fall_back_to_the_newest_g
     ]
 
 
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_a_workdir_whose_checkpoints_all_fail_is_refused_instead_of_started_over(where, tmp_path, request, capsys):
+    workdir = str(tmp_path / "run") if where == "local" else request.getfixturevalue("bucket") + "/run"
+    checkpoints = f"{workdir}/checkpoints"
+    history = "".join(json.dumps({"step": step, "loss/d": 1.0}) + "\n" for step in range(5, 41, 5))
+    storage.write_text(f"{workdir}/metrics.jsonl", history)
+    for step in (20, 40):
+        write_checkpoint_files(f"{checkpoints}/checkpoint-{step:08d}", step, {"generator.weights.h5": bytes(100)})
+    storage.write_bytes(f"{checkpoints}/checkpoint-00000040/generator.weights.h5", bytes(50))  # cut short
+    storage.write_bytes(f"{checkpoints}/checkpoint-00000020/generator.weights.h5", b"\1" * 100)  # the wrong bytes
+    status = cli_main(["train", "--workdir", workdir, "--steps", "60", "--noise-dim", "16", "--generator-width", "8",
+                       "--discriminator-width", "8"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"animegan: error: every checkpoint in {checkpoints} fails its checks (checkpoint-00000040: "
+        f"generator.weights.h5 is truncated (50 of 100 bytes); checkpoint-00000020: generator.weights.h5 does not "
+        f"match its checksum in state.json); refusing to start over from step 0 over the run's history. Repair or "
+        f"remove them, or run again with --restart to start over (the previous run is kept under "
+        f"<workdir>/archive/)\n")
+    assert storage.read_text(f"{workdir}/metrics.jsonl") == history  # nothing was cut
+
+
+def test_workers_resume_from_the_driver_choice_or_a_newer_one_but_never_an_older_one(tmp_path):
+    root = str(tmp_path / "checkpoints")
+    for step in (10, 20):
+        write_checkpoint_files(f"{root}/checkpoint-{step:08d}", step, {"generator.weights.h5": bytes([step]) * 64})
+    chosen = f"{root}/checkpoint-00000020"
+    assert fetch_latest(root, expected=chosen)[0] == chosen
+    # A restart after this run wrote checkpoint 30: the newer one.
+    write_checkpoint_files(f"{root}/checkpoint-00000030", 30, {"generator.weights.h5": bytes([30]) * 64})
+    assert fetch_latest(root, expected=chosen)[0] == f"{root}/checkpoint-00000030"
+    # Both broken since the driver chose: the run stops rather than resume from 10, before the
+    # checkpoint it announced (whose steps it would then log again over its history).
+    for step in (20, 30):
+        storage.write_bytes(f"{root}/checkpoint-{step:08d}/generator.weights.h5", b"\xff" * 64)
+    messages: list[str] = []
+    with pytest.raises(NoUsableCheckpoint) as error:
+        fetch_latest(root, log=messages.append, expected=chosen)
+    assert str(error.value).startswith(f"the checkpoint the run was to resume from, {chosen}, and every newer one "
+                                       f"in {root} now fail their checks (checkpoint-00000030: ")
+    assert len(messages) == 2
+    # Without a driver's choice (a run that started from step 0 and wrote them) the same holds:
+    # checkpoints that all fail are an error, never a silent start from step 0.
+    storage.write_bytes(f"{root}/checkpoint-00000010/generator.weights.h5", b"\xff" * 64)
+    with pytest.raises(NoUsableCheckpoint, match=f"every checkpoint in {root} fails its checks"):
+        fetch_latest(root)
+
+
 def test_a_checkpoint_stored_incompletely_is_uploaded_again(bucket, tmp_path):
     config = TrainConfig(**TINY)
     url = save(build_state(config), config, f"{bucket}/checkpoints/checkpoint-00000010", 10, tmp_path)
@@ -183,8 +233,8 @@ def test_restart_moves_the_previous_run_aside_whole_and_keeps_the_inputs(bucket)
     for name, text in files.items():
         storage.write_text(f"{workdir}/{name}", text)
     messages: list[str] = []
-    config, _ = resolve(TrainConfig(workdir=workdir, data=f"{workdir}/data", steps=5, batch_size=1, **TINY),
-                        restart=True, log=messages.append)
+    config, _, _ = resolve(TrainConfig(workdir=workdir, data=f"{workdir}/data", steps=5, batch_size=1, **TINY),
+                           restart=True, log=messages.append)
     archived = storage.list_dir(f"{workdir}/archive")
     assert len(archived) == 1
     archive = f"{workdir}/archive/{archived[0]}"
@@ -381,6 +431,31 @@ def test_a_broken_checkpoint_is_passed_over_for_the_good_one_before_it_and_resta
     assert metric_steps(f"{workdir}/archive/{archived}") == list(range(5, 41, 5))
     assert [step for step, _ in list_checkpoints(f"{workdir}/archive/{archived}/checkpoints")] == [40, 30, 20, 10]
     assert load_generator(f"{workdir}/archive/{archived}").step == 40  # an archived run is still a workdir
+
+
+@pytest.mark.ray
+def test_the_driver_and_the_workers_pass_over_a_checkpoint_with_the_wrong_bytes_alike(
+        ray_cluster, bucket, faces, capfd):
+    # The driver used to check sizes only: it announced checkpoint 20, whose bytes were changed at
+    # the same size, while rank 0 (checking SHA-256) resumed from checkpoint 10.
+    workdir = f"{bucket}/run"
+    config = TrainConfig(workdir=workdir, data=faces, steps=20, **ONE_WORKER)
+    assert run_training(config).step == 20
+    checkpoints = f"{workdir}/checkpoints"
+    weights = bytearray(storage.read_bytes(f"{checkpoints}/checkpoint-00000020/generator.weights.h5"))
+    weights[len(weights) // 2] ^= 0xFF
+    storage.write_bytes(f"{checkpoints}/checkpoint-00000020/generator.weights.h5", bytes(weights))
+    capfd.readouterr()
+
+    messages: list[str] = []
+    outcome = run_training(config.replace(steps=30), log=messages.append)
+    assert outcome.status == "finished" and outcome.step == 30
+    skipped = (f"skipping checkpoint {checkpoints}/checkpoint-00000020: generator.weights.h5 does not match its "
+               f"checksum in state.json")
+    assert messages[:2] == [skipped, f"Resuming from {checkpoints}/checkpoint-00000010 (step 10)"]  # the driver
+    output = capfd.readouterr().out
+    assert resumes(output) == [("checkpoint-00000010", 10)]  # the worker: the same one
+    assert metric_steps(workdir) == list(range(5, 31, 5))
 
 
 @pytest.mark.ray

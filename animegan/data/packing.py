@@ -37,6 +37,7 @@ from animegan.data.shards import (
     PackParameters,
     ShardInfo,
     ShardWriter,
+    checked_shard,
     load_manifest,
     pack_folder,
     read_json,
@@ -216,11 +217,12 @@ def _verified_shards(folder: str, parameters: PackParameters, log: Callable[[str
         records = []
         names = set(storage.list_dir(folder))
         while record_name(shard_name(len(records))) in names:
-            values = read_json(storage.join(folder, record_name(shard_name(len(records)))))
+            record_url = storage.join(folder, record_name(shard_name(len(records))))
+            values = read_json(record_url)
             _check_same_pack(PackParameters(**{field.name: values.pop(field.name)
                                               for field in dataclasses.fields(PackParameters)}),
                              parameters, folder)
-            records.append(ShardInfo(**values))
+            records.append(checked_shard(values, record_url))
     kept = []
     for record in records:
         problem = shard_problem(folder, record)

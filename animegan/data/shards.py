@@ -18,6 +18,11 @@ sequentially anyway.
 Reading does not parse tar at all: the manifest records each image's data offset
 and size, so a worker fetches the byte range of its run of images in a few large
 requests and slices the images out.
+
+A manifest is read from storage others can write to, so it is untrusted: a
+shard's name must be a plain file name in the pack's folder, and every member
+must lie inside its shard, after the one before it, or the pack is refused with
+a line naming what is wrong.
 """
 
 from __future__ import annotations
@@ -105,10 +110,43 @@ class Manifest:
         try:
             parameters = PackParameters(**{field.name: values[field.name]
                                            for field in dataclasses.fields(PackParameters)})
-            shards = [ShardInfo(**shard) for shard in values["shards"]]
+            shards = [checked_shard(shard, url) for shard in values["shards"]]
         except (KeyError, TypeError) as error:
             raise ValueError(f"pack manifest {url} is damaged: {error}") from None
         return cls(parameters, shards)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def checked_shard(values: Any, where: str) -> ShardInfo:
+    """A shard's record from a manifest (or a shard record) at `where`, refused unless it is safe to read.
+
+    Its name must stay in the pack's folder, and every member must lie inside the
+    shard, after the one before it (the reader slices members out of sequential reads).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"pack manifest {where} is damaged: a shard entry is not an object")
+    try:
+        shard = ShardInfo(**values)
+    except TypeError as error:
+        raise ValueError(f"pack manifest {where} is damaged: {error}") from None
+    storage.check_relative_name(shard.name, where, single=True)
+    if not _is_count(shard.bytes) or not isinstance(shard.members, list):
+        raise ValueError(f"pack manifest {where} is damaged: {shard.name} has no valid size or member list")
+    end = 0
+    for member in shard.members:
+        if not (isinstance(member, list) and len(member) == 3 and isinstance(member[0], str)
+                and _is_count(member[1]) and _is_count(member[2])):
+            raise ValueError(f"pack manifest {where} is damaged: {shard.name} lists a malformed member {member!r}")
+        name, offset, size = member
+        if offset < end or offset + size > shard.bytes:
+            raise ValueError(f"pack manifest {where} is damaged: {shard.name} member {name!r} at bytes "
+                             f"{offset}-{offset + size} overlaps the member before it or lies outside the "
+                             f"shard's {shard.bytes} bytes: refusing the pack")
+        end = offset + size
+    return shard
 
 
 def pack_folder(url: str) -> str:

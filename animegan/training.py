@@ -45,6 +45,15 @@ def data_position(step: int, num_items: int, config: TrainConfig) -> tuple[int, 
     return consumed // per_worker_items, consumed % per_worker_items
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak * (1 if sys.platform == "darwin" else 1024) / 1e6
+
+
 def _configure_worker(config: TrainConfig) -> None:
     import tensorflow as tf
 
@@ -82,6 +91,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from animegan import checkpoint as checkpoints
     from animegan import storage
     from animegan.data.augment import Augmentation
+    from animegan.data.decode import ImageLimits
     from animegan.data.index import DataIndex
     from animegan.data.pipeline import DataPosition, ReadStats, next_batch, to_uint8, training_dataset
     from animegan.data.sources import open_source
@@ -119,7 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # --- data: this worker's shard, from where the checkpoint left off
     index = DataIndex.load(layout.data_index)
-    source = open_source(index.source)
+    source = open_source(index.source, max_item_bytes=config.max_image_bytes)
     per_epoch = steps_per_epoch(len(index.items), config)
     if latest is None:
         epoch, skip_items = 0, 0
@@ -131,7 +141,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             source, index.items,
             batch_size=input_context.get_per_replica_batch_size(config.batch_size),
             rank=rank, world_size=world_size, seed=config.seed, augmentation=augmentation,
-            position=DataPosition(epoch, skip_items), stats=stats,
+            position=DataPosition(epoch, skip_items), stats=stats, limits=ImageLimits.of(config),
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -216,6 +226,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 row["perf/images_per_sec"] = len(window) * config.batch_size / elapsed
                 row["perf/step_time"] = elapsed / len(window)
                 row["data/skipped"] = stats.skipped
+                row["perf/peak_memory_mb"] = peak_memory_mb()  # this worker's; hostile images show here
                 row["lr/generator"] = float(np.asarray(state.generator_optimizer.learning_rate))
                 row["lr/discriminator"] = float(np.asarray(state.discriminator_optimizer.learning_rate))
                 window, window_start = [], time.perf_counter()

@@ -45,7 +45,7 @@ from animegan.data.shards import (
     shard_name,
     shard_problem,
 )
-from animegan.data.sources import PACK_MANIFEST, PACK_SHARD_NAME, list_images, open_source
+from animegan.data.sources import PACK_MANIFEST, PACK_SHARD_NAME, failure_reason, list_images, open_source
 from animegan.retries import call_with_retries
 
 DEFAULT_SHARD_BYTES = 64 << 20
@@ -177,8 +177,7 @@ def pack(
     try:
         for offset, (item, data) in enumerate(source.read(remaining)):
             here = position + offset
-            problem = (f"read failed: {type(data).__name__}: {data}" if isinstance(data, Exception)
-                       else problem_with(data))
+            problem = failure_reason(data) if isinstance(data, Exception) else problem_with(data)
             if problem:
                 skipped.append(f"{item}: {problem}")
             else:

@@ -22,6 +22,7 @@ would cut the run's history out of metrics.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ import numpy as np
 
 from animegan import precision, storage
 from animegan.config import TrainConfig, model_signature
+from animegan.retries import call_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,33 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def written(state, *, step: int, epoch: int, skip_items: int, fixed_noise: np.ndarray,
+            config: TrainConfig) -> Iterator[str]:
+    """A temporary local folder holding the checkpoint, removed on leaving whether writing,
+    uploading or reporting it succeeded or failed (a retried run would otherwise fill the disk)."""
+    directory = tempfile.mkdtemp(prefix="animegan-save-")
+    try:
+        write_checkpoint(directory, state, step=step, epoch=epoch, skip_items=skip_items,
+                         fixed_noise=fixed_noise, config=config)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def upload(local_dir: str, url: str, log=logger.warning) -> None:
+    """Copies a written checkpoint to `url`, every file retried as reads are, state.json last.
+
+    A reader never sees state.json before the files it lists, and a storage outage
+    that a retry outlasts costs no restart. Then the sizes are checked (ensure_stored).
+    """
+    for name in sorted(os.listdir(local_dir), key=lambda name: name == STATE_FILE):
+        target = storage.join(url, name)
+        call_with_retries(lambda: storage.upload_file(os.path.join(local_dir, name), target),
+                          what=f"uploading {target}", url=target)
+    ensure_stored(local_dir, url, log)
 
 
 def write_checkpoint(directory: str, state, *, step: int, epoch: int, skip_items: int,
@@ -175,20 +204,26 @@ def problem_with(url: str) -> str | None:
 def ensure_stored(local_dir: str, url: str, log=logger.warning) -> None:
     """Makes sure the checkpoint at `url` holds every file of `local_dir` whole, uploading it again if not.
 
-    Ray uploads checkpoints with pyarrow's `copy_files`, which does not report a
-    file whose upload fails as the file is closed, and gcsfs sends small files at
-    close: after a storage outage Ray can call a checkpoint saved that lacks files.
-    The checks are cheap (sizes); a checkpoint still broken after one more upload
-    raises, so Ray restarts the workers from the newest whole checkpoint.
+    An upload can be reported done without being whole: pyarrow's `copy_files`
+    (Ray's own uploader) does not report a file whose upload fails as the file is
+    closed, and gcsfs sends small files at close. The checks are cheap (sizes); a
+    checkpoint still broken after one more upload raises, so Ray restarts the
+    workers from the newest whole checkpoint.
     """
-    problem = problem_with(url)
+
+    def check() -> str | None:
+        return call_with_retries(lambda: problem_with(url), what=f"checking {url}", url=url)
+
+    problem = check()
     if problem is None:
         return
     log(f"checkpoint {url} was not stored whole ({problem}); uploading it again")
     # state.json last, as when it was written: a reader never sees it before the files it lists.
     for name in sorted(os.listdir(local_dir), key=lambda name: name == STATE_FILE):
-        storage.upload_file(os.path.join(local_dir, name), storage.join(url, name))
-    problem = problem_with(url)
+        target = storage.join(url, name)
+        call_with_retries(lambda: storage.upload_file(os.path.join(local_dir, name), target),
+                          what=f"uploading {target}", url=target)
+    problem = check()
     if problem is not None:
         raise OSError(f"checkpoint {url} could not be stored whole: {problem}")
 

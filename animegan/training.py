@@ -98,6 +98,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from animegan.gan import STEP_METRICS, build_state, make_ema_statistics_refresher, make_train_step
     from animegan.grids import image_grid, save_png
     from animegan.metrics.during_training import TrainingEvaluation
+    from animegan.retries import call_with_retries
     from animegan.sinks import ConsoleProgress, JsonlMetrics, MetricsSink
 
     say = print if is_chief else (lambda *args, **kwargs: None)
@@ -178,28 +179,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         images = to_uint8(state.ema_generator(fixed_noise, training=False))
         if is_chief:
             grid = image_grid(images, columns=8)
-            save_png(layout.sample(step), grid)
+            url = layout.sample(step)
+            call_with_retries(lambda: save_png(url, grid), what=f"writing {url}", url=url)
             sink.log_image(step, "samples/ema", grid, caption=f"EMA generator on fixed noise, step {step}")
 
     def save_checkpoint(step: int, metrics: dict[str, Any]) -> None:
         # Every worker reports (Ray requires it); only rank 0 attaches files.
         ema_ready(step)
-        directory = None
-        checkpoint = None
-        if is_chief:
-            directory = tempfile.mkdtemp(prefix="animegan-save-")
-            epoch_now, skip_now = data_position(step, len(index.items), config)
-            checkpoints.write_checkpoint(directory, state, step=step, epoch=epoch_now, skip_items=skip_now,
-                                         fixed_noise=fixed_noise, config=config)
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-            sink.flush()
         name = checkpoints.checkpoint_dir_name(step)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
-        if directory:
-            try:
-                checkpoints.ensure_stored(directory, storage.join(layout.checkpoints, name), log=say)
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
+        if not is_chief:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+            return
+        epoch_now, skip_now = data_position(step, len(index.items), config)
+        with checkpoints.written(state, step=step, epoch=epoch_now, skip_items=skip_now, fixed_noise=fixed_noise,
+                                 config=config) as directory:
+            sink.flush()
+
+            def upload(_, dir_name: str):
+                # In place of Ray's uploader: retried as reads are, and checked whole afterwards.
+                url = storage.join(layout.checkpoints, dir_name)
+                checkpoints.upload(directory, url, log=say)
+                filesystem, path = storage.pyarrow_filesystem(url)
+                return ray.train.Checkpoint(path=path, filesystem=filesystem)
+
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=name, checkpoint_upload_fn=upload)
 
     # W&B and metrics.jsonl keep what was logged even when the loop fails.
     try:
@@ -280,9 +284,13 @@ def write_status(layout: RunLayout, status: str, step: int, metrics: dict[str, A
 
     from animegan import storage
 
+    from animegan.retries import call_with_retries
+
     document = {"status": status, "step": step, "metrics": {key: value for key, value in metrics.items()
                                                              if key not in {"status", "step"}}}
-    storage.write_text(layout.status, json.dumps(document, indent=2, allow_nan=True) + "\n")
+    text = json.dumps(document, indent=2, allow_nan=True) + "\n"
+    call_with_retries(lambda: storage.write_text(layout.status, text), what=f"writing {layout.status}",
+                      url=layout.status)
 
 
 def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -> None:
@@ -292,6 +300,7 @@ def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -
     from animegan import storage
     from animegan.models import build_generator
     from animegan.precision import dtype_policy
+    from animegan.retries import call_with_retries
 
     # float32 whatever the training precision: the file then runs, with the same results, on any CPU.
     with dtype_policy("float32"):
@@ -301,8 +310,11 @@ def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -
     try:
         local = os.path.join(directory, "generator.keras")
         plain.save(local)
-        storage.upload_file(local, layout.generator)
-        storage.write_text(layout.generator_info, json.dumps({"step": step, "config": config.to_dict()}))
+        call_with_retries(lambda: storage.upload_file(local, layout.generator), what=f"uploading {layout.generator}",
+                          url=layout.generator)
+        info = json.dumps({"step": step, "config": config.to_dict()})
+        call_with_retries(lambda: storage.write_text(layout.generator_info, info),
+                          what=f"writing {layout.generator_info}", url=layout.generator_info)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print(f"Exported the EMA generator (step {step}) to {layout.generator}")

@@ -131,7 +131,7 @@ def write_checkpoint(directory: str, state, *, step: int, epoch: int, skip_items
         "epoch": int(epoch),
         "skip_items": int(skip_items),
         "model": model_signature(config),
-        "config": config.to_dict(),
+        "config": storage.redacted(config.to_dict()),  # credentials in URLs stay out of storage
         "files": files,
     }
     with open(os.path.join(directory, STATE_FILE), "w", encoding="utf-8") as file:

@@ -93,7 +93,8 @@ def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False, o
     config.validate()
     check_evaluation(config, index, log)  # weights findable before Ray starts, when --eval-every is on
     if write:
-        storage.write_text(layout.config, json.dumps(config.to_dict(), indent=2) + "\n")
+        # Credentials in URLs (--data https://user:pass@..., signed URLs) stay out of the workdir.
+        storage.write_text(layout.config, json.dumps(storage.redacted(config.to_dict()), indent=2) + "\n")
     return config, index, resume_from
 
 
@@ -150,6 +151,11 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
     )
 
 
+def _redacting(log):
+    """`log`, with the credentials of any URL in its messages (--data https://user:pass@...) redacted."""
+    return lambda message: log(storage.redact(str(message)))
+
+
 def run_training(config: TrainConfig, *, address: str | None = None, restart: bool = False,
                  log=print) -> TrainOutcome:
     """Runs (or resumes; with restart=True, starts over) a training job and says where its results are."""
@@ -157,6 +163,7 @@ def run_training(config: TrainConfig, *, address: str | None = None, restart: bo
 
     from animegan.startup import StartupClock
 
+    log = _redacting(log)
     clock = StartupClock.for_run()
     config, _, resume_from = resolve(config, restart=restart, on_cluster=cluster.cluster_address(address) is not None,
                                      log=log)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import tempfile
 from typing import Any
+from urllib.parse import unquote
 
 # gcsfs probes a gRPC endpoint for hierarchical-namespace buckets, which the GCS
 # emulator lacks: every call would wait 60 s. Must be set before gcsfs is imported.
@@ -30,6 +32,53 @@ import fsspec  # noqa: E402  (after the environment fix above)
 # none are ever passed in a config. ANIMEGAN_GCS_TOKEN=anon reads public buckets
 # without credentials (any gcsfs `token` value works, e.g. a key file's path).
 GCS_TOKEN_VARIABLE = "ANIMEGAN_GCS_TOKEN"
+
+
+# A URL can carry its own credentials: user:password@ (HTTP basic auth, a token as the user),
+# or a signed query string (GCS X-Goog-Signature, S3 X-Amz-Signature and -Credential and
+# -Security-Token, Azure SAS sig=). redact() keeps them out of every file, dashboard and log line.
+REDACTED = "REDACTED"
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_SECRET_PARAMETER_PARTS = ("signature", "credential", "token", "secret", "password", "passwd")
+_SECRET_PARAMETERS = frozenset({"sig", "key", "apikey", "api_key", "auth", "code"})
+
+
+def _is_secret_parameter(name: str) -> bool:
+    name = unquote(name).lower()
+    return name in _SECRET_PARAMETERS or any(part in name for part in _SECRET_PARAMETER_PARTS)
+
+
+def _redact_url(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    authority = re.match(r"[^/?#]*", rest).group(0)
+    tail = rest[len(authority):]
+    if "@" in authority:
+        authority = f"{REDACTED}@{authority.rsplit('@', 1)[1]}"
+    path, question, query = tail.partition("?")
+    if question:
+        query, hash_sign, fragment = query.partition("#")
+        parameters = []
+        for parameter in query.split("&"):
+            name, equals, value = parameter.partition("=")
+            parameters.append(f"{name}={REDACTED}" if equals and value and _is_secret_parameter(name) else parameter)
+        tail = f"{path}?{'&'.join(parameters)}{hash_sign}{fragment}"
+    return f"{scheme}://{authority}{tail}"
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by REDACTED (user:password@, signatures)."""
+    return _URL_IN_TEXT.sub(lambda match: _redact_url(match.group(0)), text)
+
+
+def redacted(value: Any) -> Any:
+    """A JSON-like value (dicts, lists, strings) with the credentials in its URLs replaced, for files and dashboards."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(item) for item in value]
+    return value
 
 
 def _storage_options(protocol: str) -> dict[str, Any]:

@@ -101,7 +101,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from animegan.retries import call_with_retries
     from animegan.sinks import ConsoleProgress, JsonlMetrics, MetricsSink
 
-    say = print if is_chief else (lambda *args, **kwargs: None)
+    # Rank 0 speaks for the job; credentials in URLs (--data https://user:pass@...) are redacted.
+    say = (lambda message: print(storage.redact(str(message)))) if is_chief else (lambda *args, **kwargs: None)
 
     # --- state: build, then restore the newest valid checkpoint if there is one
     with strategy.scope():
@@ -129,7 +130,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     clock.mark("checkpoint scan")
 
     # --- data: this worker's shard, from where the checkpoint left off
-    index = DataIndex.load(layout.data_index)
+    index = DataIndex.load(layout.data_index, source=config.data)
     source = open_source(index.source, max_item_bytes=config.max_image_bytes)
     per_epoch = steps_per_epoch(len(index.items), config)
     if latest is None:
@@ -312,7 +313,7 @@ def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -
         plain.save(local)
         call_with_retries(lambda: storage.upload_file(local, layout.generator), what=f"uploading {layout.generator}",
                           url=layout.generator)
-        info = json.dumps({"step": step, "config": config.to_dict()})
+        info = json.dumps({"step": step, "config": storage.redacted(config.to_dict())})
         call_with_retries(lambda: storage.write_text(layout.generator_info, info),
                           what=f"writing {layout.generator_info}", url=layout.generator_info)
     finally:

@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from animegan import storage
 from animegan.data.augment import Augmentation, augment_batch
 from animegan.data.decode import ImageLimits, decode_image, problem_with
 from animegan.data.sources import ImageSource, ReadResult, failure_reason
@@ -54,10 +55,10 @@ class ReadStats:
     def skip(self, item: str, reason: str) -> None:
         with self.lock:
             self.skipped += 1
-            example = f"{item}: {reason}"
+            example = storage.redact(f"{item}: {reason}")  # an item can be a URL with credentials
             if len(self.examples) < 5 and example not in self.examples:  # each epoch meets it again
                 self.examples.append(example)
-        logger.warning("skipping unreadable image %s: %s", item, reason)
+        logger.warning("skipping unreadable image %s", example)
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,9 @@ def open_source(url: str, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> Image
     or a folder / bucket prefix of image files. Items above `max_item_bytes` are never read."""
     if not url:
         raise ValueError("the data URL is empty")
-    _, path = storage.split_protocol(url)
+    protocol, path = storage.split_protocol(url)
+    if protocol in ("http", "https"):
+        path = path.split("#", 1)[0].split("?", 1)[0]  # a query string (a signed URL) is not a glob
     if GLOB_CHARACTERS & set(path):
         return FileSource(url, max_item_bytes=max_item_bytes)
     if path.lower().endswith(".zip"):

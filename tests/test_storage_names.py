@@ -173,3 +173,29 @@ def test_a_restart_journal_naming_an_entry_outside_the_workdir_moves_nothing(whe
                                 f"refusing to use it")
     assert storage.read_text(outside) == "someone else's file"
     assert storage.exists(f"{workdir}/metrics.jsonl")  # checked before anything moved
+
+
+# ----------------------------------------------------------------------------- data listings
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_data_index_listing_files_outside_the_source_reads_none_of_them(where, tmp_path, request):
+    from animegan.data.pipeline import ReadStats, encoded_images
+
+    base = base_url(where, tmp_path, request)
+    folder = base + "/faces"
+    write_folder(tmp_path / "faces", 4)
+    for path in sorted((tmp_path / "faces").iterdir()):
+        storage.write_bytes(f"{folder}/{path.name}", path.read_bytes())
+    source = open_source(folder)
+    items = source.list_items()
+    secret = base + "/secret.png"  # beside the source
+    storage.write_bytes(secret, (tmp_path / "faces" / "00000.png").read_bytes())
+    _, secret_path = storage.filesystem(secret)
+    # data-index.json is read back from the workdir: an edited one names files elsewhere.
+    hostile = items + [secret_path, items[0].rsplit("/", 1)[0] + "/../secret.png"]
+    stats = ReadStats()
+    read = list(encoded_images(source, hostile, rank=0, world_size=1, seed=0, stats=stats, repeat=False))
+    assert len(read) == 4 and stats.skipped == 2
+    assert sorted(stats.examples) == sorted(f"{item}: not inside {folder}: refusing to read it"
+                                            for item in hostile[4:])

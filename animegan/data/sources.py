@@ -115,7 +115,11 @@ def prefetched(function: Callable[[Request], Result], requests: Iterable[Request
 _END = object()
 
 
-class Oversized(ValueError):
+class Unread(ValueError):
+    """An item the source refused to read; its message is the whole reason."""
+
+
+class Oversized(Unread):
     """An item larger than the source's byte limit, left unread."""
 
     def __init__(self, size: int | None, limit: int, what: str = "file"):
@@ -125,7 +129,7 @@ class Oversized(ValueError):
 
 def failure_reason(error: Exception) -> str:
     """Why an item could not be read, as a skipped image's reason."""
-    if isinstance(error, Oversized):
+    if isinstance(error, Unread):
         return str(error)
     return f"read failed: {type(error).__name__}: {error}"
 
@@ -183,9 +187,25 @@ class FileSource(ImageSource):
             raise ValueError(f"{self.url} is a file, not a folder of images, a .zip archive or a pack manifest")
         return self.fs.find(self.path)
 
+    def _outside(self, item: str) -> bool:
+        """Whether an item lies outside the folder (or the glob's folder): items come back from the
+        workdir's data-index.json, which whoever can write to the workdir can edit."""
+        root = self.path
+        if GLOB_CHARACTERS & set(root):
+            root = root[:min(root.index(character) for character in GLOB_CHARACTERS if character in root)]
+            root = root.rsplit("/", 1)[0]
+        prefix = root.rstrip("/") + "/"
+        return not item.startswith(prefix) or ".." in item[len(prefix):].split("/")
+
+    def _refusal(self) -> Unread:
+        return Unread(f"not inside {self.url}: refusing to read it")
+
     def read(self, items: Sequence[str]) -> Iterator[ReadResult]:
         if self.local:
             for item in items:
+                if self._outside(item):
+                    yield item, self._refusal()
+                    continue
                 try:
                     with open(item, "rb") as file:
                         data = file.read(self.max_item_bytes + 1)
@@ -208,8 +228,10 @@ class FileSource(ImageSource):
 
     def _fetch(self, paths: Sequence[str]) -> dict:
         """Bytes (or the error) of each path; objects failing transiently are fetched again."""
-        results: dict = {}
-        failing = list(paths)
+        results: dict = {path: self._refusal() for path in paths if self._outside(path)}
+        failing = [path for path in paths if path not in results]
+        if not failing:
+            return results
 
         def fetch_failing() -> None:
             nonlocal failing

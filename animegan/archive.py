@@ -12,7 +12,9 @@ Object storage cannot rename a folder: a move is a copy and a delete per object.
 So the list of entries to move is written first, as `archive.json` with status
 "moving"; a restart that was interrupted half way is finished by the next
 `animegan train` in that workdir before anything else is written there, and
-never leaves the old run split between two places.
+never leaves the old run split between two places. A journal is read back from
+a workdir others may write to: every entry it names must be a plain name
+directly in the workdir, or nothing is moved.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def archive_run(workdir: str, keep: Iterable[str] = (), log: Callable[[str], Non
     if not entries:
         log(f"--restart: {workdir} holds no previous run; starting a new one")
         return None
+    for entry in entries:  # the journal's entries are checked when read back: only names that pass go in
+        storage.check_relative_name(entry, f"--restart: {workdir}", single=True)
     target = _new_archive_folder(workdir)
     journal = {"status": "moving", "entries": entries,
                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -56,7 +60,12 @@ def finish_interrupted(workdir: str, log: Callable[[str], None] = print) -> None
         journal_url = storage.join(root, name, JOURNAL)
         if not storage.exists(journal_url):
             continue
-        journal = json.loads(storage.read_text(journal_url))
+        try:
+            journal = json.loads(storage.read_text(journal_url))
+        except ValueError:
+            raise ValueError(f"{journal_url} is not readable JSON; move that folder out of the archive") from None
+        if not isinstance(journal, dict):
+            raise ValueError(f"{journal_url} is not a restart journal; move that folder out of the archive")
         if journal.get("status") == "moving":
             target = storage.join(root, name)
             log(f"Finishing an interrupted --restart: moving the rest of the previous run to {target}")
@@ -64,7 +73,12 @@ def finish_interrupted(workdir: str, log: Callable[[str], None] = print) -> None
 
 
 def _move_entries(workdir: str, target: str, journal: dict) -> None:
-    for entry in journal["entries"]:
+    entries = journal.get("entries")
+    if not isinstance(entries, list):
+        raise ValueError(f"{storage.join(target, JOURNAL)} lists no entries to move")
+    for entry in entries:  # all checked before anything moves
+        storage.check_relative_name(entry, storage.join(target, JOURNAL), single=True)
+    for entry in entries:
         # Already moved entries are simply absent: moving is resumable entry by entry.
         storage.move(storage.join(workdir, entry), storage.join(target, entry))
     journal = {**journal, "status": "done",

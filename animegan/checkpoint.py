@@ -5,16 +5,29 @@ slots as a NumPy archive read with `allow_pickle=False`, the fixed sample
 noise, and `state.json` (step, data position, config, and the size and SHA-256
 of every other file). A checkpoint counts only when every file matches its
 entry in `state.json`, so a partly written or truncated one is never taken as
-the latest: loading a checkpoint from a shared bucket cannot run code, and a
-crash during an upload cannot poison a resume.
+the latest, and a crash during an upload cannot poison a resume.
+
+`state.json` is read from a shared workdir, so it is untrusted: every file name
+it lists must be a plain name inside the checkpoint folder (see
+`storage.relative_name_problem`), else the whole checkpoint is refused before
+any of its files is fetched. Nothing in a checkpoint is ever executed or
+unpickled.
+
+Which checkpoint a run resumes from is decided once, on every byte (SHA-256),
+by the driver (`choose`), and the workers load that one (`fetch_latest` with
+`expected`). When a workdir holds checkpoints but none passes, the run is
+refused (`NoUsableCheckpoint`) rather than started over from step 0, which
+would cut the run's history out of metrics.jsonl.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -25,6 +38,7 @@ import numpy as np
 
 from animegan import precision, storage
 from animegan.config import TrainConfig, model_signature, saved_model_signature
+from animegan.retries import call_with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +75,33 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def written(state, *, step: int, epoch: int, skip_items: int, fixed_noise: np.ndarray,
+            config: TrainConfig) -> Iterator[str]:
+    """A temporary local folder holding the checkpoint, removed on leaving whether writing,
+    uploading or reporting it succeeded or failed (a retried run would otherwise fill the disk)."""
+    directory = tempfile.mkdtemp(prefix="animegan-save-")
+    try:
+        write_checkpoint(directory, state, step=step, epoch=epoch, skip_items=skip_items,
+                         fixed_noise=fixed_noise, config=config)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def upload(local_dir: str, url: str, log=logger.warning) -> None:
+    """Copies a written checkpoint to `url`, every file retried as reads are, state.json last.
+
+    A reader never sees state.json before the files it lists, and a storage outage
+    that a retry outlasts costs no restart. Then the sizes are checked (ensure_stored).
+    """
+    for name in sorted(os.listdir(local_dir), key=lambda name: name == STATE_FILE):
+        target = storage.join(url, name)
+        call_with_retries(lambda: storage.upload_file(os.path.join(local_dir, name), target),
+                          what=f"uploading {target}", url=target)
+    ensure_stored(local_dir, url, log)
+
+
 def write_checkpoint(directory: str, state, *, step: int, epoch: int, skip_items: int,
                      fixed_noise: np.ndarray, config: TrainConfig) -> None:
     """Writes the state into a local directory; state.json goes last and lists the rest."""
@@ -90,15 +131,54 @@ def write_checkpoint(directory: str, state, *, step: int, epoch: int, skip_items
         "epoch": int(epoch),
         "skip_items": int(skip_items),
         "model": model_signature(config),
-        "config": config.to_dict(),
+        "config": storage.redacted(config.to_dict()),  # credentials in URLs stay out of storage
         "files": files,
     }
     with open(os.path.join(directory, STATE_FILE), "w", encoding="utf-8") as file:
         json.dump(document, file, indent=2)
 
 
+class CorruptCheckpoint(ValueError):
+    """A checkpoint that fails its checks: a damaged or hostile state.json, or bytes that do not match it."""
+
+
+class NoUsableCheckpoint(ValueError):
+    """A workdir holds checkpoints, but none passes its checks: resuming would silently start over."""
+
+
 def read_state(url: str) -> dict[str, Any]:
-    return json.loads(storage.read_text(storage.join(url, STATE_FILE)))
+    """The checkpoint's state.json, checked (CorruptCheckpoint if not); FileNotFoundError when it is missing."""
+    try:
+        document = json.loads(storage.read_text(storage.join(url, STATE_FILE)))
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptCheckpoint(f"{STATE_FILE} is unreadable") from None
+    _check_state(document)
+    return document
+
+
+def _check_state(document: Any) -> None:
+    """Raises CorruptCheckpoint unless state.json has the known format and lists only files inside the folder."""
+    if not isinstance(document, dict):
+        raise CorruptCheckpoint(f"{STATE_FILE} is not a JSON object")
+    if document.get("format") != FORMAT_VERSION:
+        raise CorruptCheckpoint(f"unknown checkpoint format {document.get('format')!r}")
+    for key in ("step", "epoch", "skip_items"):
+        value = document.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CorruptCheckpoint(f"{STATE_FILE} has no valid {key!r} ({value!r})")
+    if not isinstance(document.get("config"), dict) or not isinstance(document.get("files"), dict):
+        raise CorruptCheckpoint(f"{STATE_FILE} lacks its config or its list of files")
+    for name, expected in document["files"].items():
+        problem = storage.relative_name_problem(name, single=True)
+        if problem is None and name == STATE_FILE:
+            problem = "is state.json itself"
+        if problem is not None:
+            raise CorruptCheckpoint(f"{STATE_FILE} names the file {name!r}, which {problem}: refusing the checkpoint")
+        size = expected.get("bytes") if isinstance(expected, dict) else None
+        digest = expected.get("sha256") if isinstance(expected, dict) else None
+        if (not isinstance(size, int) or isinstance(size, bool) or size < 0
+                or not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise CorruptCheckpoint(f"{STATE_FILE} has no valid size and SHA-256 for {name!r}")
 
 
 def problem_with(url: str) -> str | None:
@@ -107,13 +187,11 @@ def problem_with(url: str) -> str | None:
         document = read_state(url)
     except FileNotFoundError:
         return f"{STATE_FILE} is missing (the checkpoint was not finished)"
-    except (ValueError, UnicodeDecodeError):
-        return f"{STATE_FILE} is unreadable"
-    if document.get("format") != FORMAT_VERSION:
-        return f"unknown checkpoint format {document.get('format')!r}"
+    except CorruptCheckpoint as error:
+        return str(error)
     fs, path = storage.filesystem(url)
     fs.invalidate_cache(path)  # sizes must come from storage, not from a listing cached before an upload
-    for name, expected in document.get("files", {}).items():
+    for name, expected in document["files"].items():
         try:
             size = fs.info(f"{path.rstrip('/')}/{name}")["size"]
         except FileNotFoundError:
@@ -123,27 +201,29 @@ def problem_with(url: str) -> str | None:
     return None
 
 
-class CorruptCheckpoint(ValueError):
-    """A checkpoint file's bytes do not match the checksum in its state.json."""
-
-
 def ensure_stored(local_dir: str, url: str, log=logger.warning) -> None:
     """Makes sure the checkpoint at `url` holds every file of `local_dir` whole, uploading it again if not.
 
-    Ray uploads checkpoints with pyarrow's `copy_files`, which does not report a
-    file whose upload fails as the file is closed, and gcsfs sends small files at
-    close: after a storage outage Ray can call a checkpoint saved that lacks files.
-    The checks are cheap (sizes); a checkpoint still broken after one more upload
-    raises, so Ray restarts the workers from the newest whole checkpoint.
+    An upload can be reported done without being whole: pyarrow's `copy_files`
+    (Ray's own uploader) does not report a file whose upload fails as the file is
+    closed, and gcsfs sends small files at close. The checks are cheap (sizes); a
+    checkpoint still broken after one more upload raises, so Ray restarts the
+    workers from the newest whole checkpoint.
     """
-    problem = problem_with(url)
+
+    def check() -> str | None:
+        return call_with_retries(lambda: problem_with(url), what=f"checking {url}", url=url)
+
+    problem = check()
     if problem is None:
         return
     log(f"checkpoint {url} was not stored whole ({problem}); uploading it again")
     # state.json last, as when it was written: a reader never sees it before the files it lists.
     for name in sorted(os.listdir(local_dir), key=lambda name: name == STATE_FILE):
-        storage.upload_file(os.path.join(local_dir, name), storage.join(url, name))
-    problem = problem_with(url)
+        target = storage.join(url, name)
+        call_with_retries(lambda: storage.upload_file(os.path.join(local_dir, name), target),
+                          what=f"uploading {target}", url=target)
+    problem = check()
     if problem is not None:
         raise OSError(f"checkpoint {url} could not be stored whole: {problem}")
 
@@ -173,19 +253,71 @@ def latest_valid(root: str, log=logger.warning) -> str | None:
     return next(usable_checkpoints(root, log), None)
 
 
-def fetch_latest(root: str, log=logger.warning) -> tuple[str, str] | None:
+def choose(root: str, log=logger.warning) -> str | None:
+    """The checkpoint a run resumes from: the newest under root whose every byte checks out.
+
+    None when root holds no checkpoint at all; NoUsableCheckpoint when it holds
+    some but every one fails. The bytes are read and hashed, not kept: the
+    workers fetch the chosen checkpoint themselves (`fetch_latest`).
+    """
+    found = _newest_passing(root, log, take=_verify)
+    return found[0] if found else None
+
+
+def fetch_latest(root: str, log=logger.warning, *, expected: str | None = None) -> tuple[str, str] | None:
     """(url, verified local copy) of the newest checkpoint whose every byte checks out, or None.
 
     A checkpoint whose files have the right sizes but the wrong bytes (an upload
     overwritten half way) is passed over for the next older one, as a missing or
-    truncated file is. The caller removes the local copy.
+    truncated file is. `expected` is the driver's choice (`choose`): checkpoints
+    older than it are never taken, so the workers resume from the checkpoint the
+    driver announced, or from a newer one written by this run before a restart.
+    None means there is no checkpoint to resume from; checkpoints that all fail
+    raise NoUsableCheckpoint. The caller removes the local copy.
     """
-    for url in usable_checkpoints(root, log):
-        try:
-            return url, download(url)
-        except (CorruptCheckpoint, FileNotFoundError) as error:
-            log(f"skipping checkpoint {url}: {error}")
+    return _newest_passing(root, log, take=download, expected=expected)
+
+
+def _newest_passing(root: str, log, take, expected: str | None = None) -> tuple[str, Any] | None:
+    """(url, take(url)) for the newest checkpoint that passes the cheap checks and `take`'s."""
+    expected_name = posixpath.basename(expected.rstrip("/")) if expected else None
+    failures = []
+    for _, url in list_checkpoints(root):
+        name = posixpath.basename(url.rstrip("/"))
+        if expected_name is not None and name < expected_name:  # zero-padded steps: names sort by step
+            break
+        problem = problem_with(url)
+        if problem is None:
+            try:
+                return url, take(url)
+            except (CorruptCheckpoint, FileNotFoundError) as error:
+                problem = str(error)
+        log(f"skipping checkpoint {url}: {problem}")
+        failures.append(f"{name}: {problem}")
+    if expected_name is not None:
+        raise NoUsableCheckpoint(
+            f"the checkpoint the run was to resume from, {expected}, and every newer one in {root} now fail "
+            f"their checks ({'; '.join(failures) or f'{expected_name} is gone'}); run the same command again "
+            f"to choose afresh")
+    if failures:
+        raise NoUsableCheckpoint(
+            f"every checkpoint in {root} fails its checks ({'; '.join(failures)}); refusing to start over "
+            f"from step 0 over the run's history. Repair or remove them, or run again with --restart to start "
+            f"over (the previous run is kept under <workdir>/archive/)")
     return None
+
+
+def _verify(url: str) -> None:
+    """Raises CorruptCheckpoint unless every file's bytes match the SHA-256 in state.json (streamed, not kept)."""
+    document = read_state(url)
+    fs, path = storage.filesystem(url)
+    for name, expected in document["files"].items():
+        digest = hashlib.sha256()
+        with fs.open(f"{path.rstrip('/')}/{name}", "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected["sha256"]:
+            raise CorruptCheckpoint(f"{name} does not match its checksum in {STATE_FILE}")
 
 
 def download(url: str) -> str:

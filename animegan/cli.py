@@ -1,7 +1,8 @@
 """The `animegan` command: subcommands, and one place that turns errors into messages.
 
 Bad input ends the command with one line on stderr and exit status 2, never a
-traceback (set ANIMEGAN_DEBUG=1 to see one). Heavy imports (TensorFlow, Ray)
+traceback (set ANIMEGAN_DEBUG=1 to see one); credentials in the URLs it names
+are redacted. Heavy imports (TensorFlow, Ray)
 happen inside the commands, so `--help` and input errors are instant.
 """
 
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    from animegan.storage import redact
+
+    return f"animegan: error: {redact(str(error))}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from animegan import startup
 
@@ -44,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         if os.environ.get("ANIMEGAN_DEBUG"):
             raise
-        print(f"animegan: error: {error}", file=sys.stderr)
+        print(_one_line(error), file=sys.stderr)
         return 2
     except StorageError as error:
         # Storage that kept failing after every retry: the message names the URL.
         if os.environ.get("ANIMEGAN_DEBUG"):
             raise
-        print(f"animegan: error: {error}", file=sys.stderr)
+        print(_one_line(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("animegan: interrupted; run the same command again to resume from the latest checkpoint",

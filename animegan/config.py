@@ -80,6 +80,10 @@ class TrainConfig:
     rotation: float = _option(10.0, "maximum random rotation in degrees (0 turns it off)")
     shift: float = _option(0.1, "maximum random shift as a fraction of width and height (0 turns it off)")
 
+    # Untrusted images (animegan/data/header.py): larger ones are skipped unread and counted, as corrupt ones are.
+    max_image_pixels: int = _option(16_000_000, "images with more pixels than this (width x height, for an animation all its frames) are skipped before decoding")
+    max_image_bytes: int = _option(64 << 20, "image files, zip members and pack entries larger than this many bytes are skipped unread")
+
     # Cadence.
     log_every: int = _option(10, "steps between rows of metrics.jsonl")
     sample_every: int = _option(200, "steps between sample grids of the EMA generator")
@@ -150,7 +154,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raises ValueError naming the first bad field; returns self for chaining."""
         positive_ints = ["workers", "noise_dim", "generator_width", "discriminator_width", "batch_size",
-                         "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "r1_every"]
+                         "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "r1_every",
+                         "max_image_pixels", "max_image_bytes"]
         for name in positive_ints:
             value = getattr(self, name)
             if value <= 0:

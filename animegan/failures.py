@@ -34,7 +34,9 @@ def root_cause(error: BaseException) -> BaseException:
 
 def describe(error: BaseException) -> str:
     """One line: the worker-side exception's type and message, without Ray's traceback dump."""
+    from animegan.storage import redact
+
     cause = root_cause(error)
-    message = str(cause).strip().splitlines()
+    message = redact(str(cause)).strip().splitlines()
     first_line = message[-1] if message else ""
     return f"{type(cause).__name__}: {first_line}" if first_line else type(cause).__name__

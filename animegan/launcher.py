@@ -40,8 +40,11 @@ def default_workdir() -> str:
 
 
 def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False, on_cluster: bool = False,
-            log=print) -> tuple[TrainConfig, DataIndex]:
+            log=print) -> tuple[TrainConfig, DataIndex, str | None]:
     """Fills in the workdir, data and length; lists the data once. Writes nothing when write=False.
+
+    Also returns the checkpoint the run resumes from (None: from step 0), verified on every byte;
+    pass it to build_trainer, so the workers resume from the same one.
 
     restart=True sets the workdir's previous run aside (animegan/archive.py) instead of resuming it.
     on_cluster=True (the run joins a Ray cluster) gives each worker one CPU unless --cpus-per-worker
@@ -50,7 +53,7 @@ def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False, o
     config.validate()
     workdir = storage.absolute(config.workdir or default_workdir())
     layout = RunLayout(workdir)
-    prepare_workdir(config, layout, restart=restart, write=write, log=log)
+    resume_from = prepare_workdir(config, layout, restart=restart, write=write, log=log)
 
     if config.data is None:
         if write:
@@ -90,8 +93,9 @@ def resolve(config: TrainConfig, *, write: bool = True, restart: bool = False, o
     config.validate()
     check_evaluation(config, index, log)  # weights findable before Ray starts, when --eval-every is on
     if write:
-        storage.write_text(layout.config, json.dumps(config.to_dict(), indent=2) + "\n")
-    return config, index
+        # Credentials in URLs (--data https://user:pass@..., signed URLs) stay out of the workdir.
+        storage.write_text(layout.config, json.dumps(storage.redacted(config.to_dict()), indent=2) + "\n")
+    return config, index, resume_from
 
 
 def finished_outcome(config: TrainConfig, layout: RunLayout) -> TrainOutcome | None:
@@ -107,8 +111,12 @@ def finished_outcome(config: TrainConfig, layout: RunLayout) -> TrainOutcome | N
 
 
 def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None,
-                  startup_marks: list | None = None):
-    """The TensorflowTrainer for a resolved config (also used by the tuning trials)."""
+                  startup_marks: list | None = None, resume_from: str | None = None):
+    """The TensorflowTrainer for a resolved config (also used by the tuning trials).
+
+    `resume_from` is resolve()'s choice of checkpoint: rank 0 loads it (or a newer one written by
+    this run before a restart), never an older one.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -124,7 +132,7 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
     return TensorflowTrainer(
         train_loop_per_worker,
         # The driver's W&B settings (never the API key) ride along to rank 0.
-        train_loop_config={"config": config.to_dict(), "workdir": layout.workdir,
+        train_loop_config={"config": config.to_dict(), "workdir": layout.workdir, "resume_from": resume_from,
                            "wandb_env": driver_environment(), "startup": startup_marks or []},
         # TF_CONFIG for MultiWorkerMirroredStrategy, without TensorFlow in Ray Train's controller.
         tensorflow_config=MultiWorkerConfig(),
@@ -143,6 +151,11 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
     )
 
 
+def _redacting(log):
+    """`log`, with the credentials of any URL in its messages (--data https://user:pass@...) redacted."""
+    return lambda message: log(storage.redact(str(message)))
+
+
 def run_training(config: TrainConfig, *, address: str | None = None, restart: bool = False,
                  log=print) -> TrainOutcome:
     """Runs (or resumes; with restart=True, starts over) a training job and says where its results are."""
@@ -150,8 +163,10 @@ def run_training(config: TrainConfig, *, address: str | None = None, restart: bo
 
     from animegan.startup import StartupClock
 
+    log = _redacting(log)
     clock = StartupClock.for_run()
-    config, _ = resolve(config, restart=restart, on_cluster=cluster.cluster_address(address) is not None, log=log)
+    config, _, resume_from = resolve(config, restart=restart, on_cluster=cluster.cluster_address(address) is not None,
+                                     log=log)
     clock.mark("resolve")
     layout = RunLayout(config.workdir)
     log(f"Workdir: {layout.workdir}")
@@ -169,7 +184,7 @@ def run_training(config: TrainConfig, *, address: str | None = None, restart: bo
         storage.remove(layout.status)
         # fit() raises if training fails. Its Result carries the metrics of the latest checkpoint,
         # not of the last report, so rank 0 records how the run ended in status.json.
-        build_trainer(config, layout, startup_marks=clock.marks).fit()
+        build_trainer(config, layout, startup_marks=clock.marks, resume_from=resume_from).fit()
     finally:
         if started:
             ray.shutdown()

@@ -3,7 +3,10 @@
 The driver checks this before Ray starts, so a mismatch costs a second, not a
 cluster start plus `--max-failures` doomed retries, and the user sees at once
 which checkpoint the job will continue from and why newer ones are passed over.
-The workers make the same checks again when they load the checkpoint.
+The decision is made on every byte (SHA-256), and it is the workers' too: they
+are given it and load that checkpoint (or a newer one their own run wrote), so
+the checkpoint announced here is the one training continues from. A workdir
+whose checkpoints all fail their checks is refused, never silently started over.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from animegan import storage
 from animegan.archive import archive_run, finish_interrupted
-from animegan.checkpoint import check_compatible, latest_valid, read_state
+from animegan.checkpoint import check_compatible, choose, read_state
 from animegan.config import TrainConfig
 from animegan.data.demo import demo_archive_name
 from animegan.workdir import RunLayout
@@ -24,19 +27,23 @@ RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 def prepare_workdir(config: TrainConfig, layout: RunLayout, *, restart: bool = False, write: bool = True,
-                    log: Callable[[str], None] = print) -> None:
-    """Before a run starts: set the previous run aside (restart), or check that this config can continue it."""
+                    log: Callable[[str], None] = print) -> str | None:
+    """Before a run starts: set the previous run aside (restart), or check that this config can continue it.
+
+    Returns the checkpoint the run resumes from (None: it starts at step 0).
+    """
     if restart:
         if write:
             archive_run(layout.workdir, keep=_inputs_inside(layout.workdir, config.data), log=log)
         else:
             log(f"--restart: the previous run in {layout.workdir}, if any, would move to {layout.archive}/<time>/")
-        return
+        return None
     if write:
         finish_interrupted(layout.workdir, log)
     latest = check_resumable(config, layout, log)
     if write:
         set_aside_stale_ray_snapshot(layout, latest, log)
+    return latest
 
 
 def _inputs_inside(workdir: str, data: str | None) -> list[str]:
@@ -53,10 +60,11 @@ def check_resumable(config: TrainConfig, layout: RunLayout, log: Callable[[str],
 
     Both the workdir's config.json and the checkpoint itself are compared, so a
     lost or edited config.json cannot let an incompatible checkpoint through.
+    Checkpoints that all fail their checks raise NoUsableCheckpoint (a ValueError).
     """
     if storage.exists(layout.config):
         check_compatible(json.loads(storage.read_text(layout.config)), config, layout.workdir)
-    latest = latest_valid(layout.checkpoints, log=log)
+    latest = choose(layout.checkpoints, log=log)
     if latest is None:
         return None
     state = read_state(latest)

@@ -43,6 +43,12 @@ class StorageError(RuntimeError):
         return StorageError, (str(self), self.url)
 
 
+def _redact(text: str) -> str:
+    from animegan.storage import redact  # storage imports fsspec: only when there is something to say
+
+    return redact(text)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how patiently to retry: delays grow geometrically up to `max_delay`."""
@@ -152,15 +158,17 @@ def call_with_retries(
         except Exception as error:  # noqa: BLE001 (classified right here)
             if not transient(error):
                 raise
-            description = what() if callable(what) else what
+            # Log lines and errors name the URL, never the credentials in it.
+            description = _redact(what() if callable(what) else what)
             delay = next(delays, None)
             if delay is None:
                 elapsed = time.monotonic() - started
                 raise StorageError(
                     f"{description} failed {attempt} times over {elapsed:.0f} s; giving up. "
-                    f"Last error: {type(error).__name__}: {error}", url=url,
+                    f"Last error: {type(error).__name__}: {_redact(str(error))}", url=_redact(url),
                 ) from error
             logger.warning("%s failed (%s: %s); attempt %d of %d in %.1f s",
-                           description, type(error).__name__, error, attempt + 1, policy.attempts, delay)
+                           description, type(error).__name__, _redact(str(error)), attempt + 1, policy.attempts,
+                           delay)
             sleep(delay)
             attempt += 1

@@ -14,6 +14,7 @@ import time
 from typing import Any, Protocol
 
 from animegan import storage
+from animegan.retries import call_with_retries
 
 
 class MetricsWriter(Protocol):
@@ -49,8 +50,10 @@ class JsonlMetrics:
         self.rows: list[dict[str, Any]] = []
         self.dirty = False
         self.last_flush = time.monotonic()
-        if storage.exists(url):
-            for line in storage.read_text(url).splitlines():
+        text = call_with_retries(lambda: storage.read_text(url) if storage.exists(url) else "",
+                                 what=f"reading {url}", url=url)
+        if text:
+            for line in text.splitlines():
                 if not line.strip():
                     continue
                 try:
@@ -62,7 +65,9 @@ class JsonlMetrics:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        storage.write_text(self.url, "".join(json.dumps(row) + "\n" for row in self.rows))
+        text = "".join(json.dumps(row) + "\n" for row in self.rows)
+        # Retried as reads are: a storage outage that a retry outlasts must not cost a restart.
+        call_with_retries(lambda: storage.write_text(self.url, text), what=f"writing {self.url}", url=self.url)
         self.dirty = False
         self.last_flush = time.monotonic()
 

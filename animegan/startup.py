@@ -55,7 +55,9 @@ class StartupClock:
 
     def write(self, url: str, log: Callable[[str], None] = print) -> None:
         from animegan import storage
+        from animegan.retries import call_with_retries
 
         log(self.summary())
         document = {"seconds_to_first_step": self.total(), "phases": self.phases(), "marks": self.marks}
-        storage.write_text(url, json.dumps(document, indent=2) + "\n")
+        text = json.dumps(document, indent=2) + "\n"
+        call_with_retries(lambda: storage.write_text(url, text), what=f"writing {url}", url=url)

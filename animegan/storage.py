@@ -3,14 +3,23 @@
 Everything the job reads or writes goes through these functions, so a workdir
 or a dataset can be a local folder or a bucket prefix without the callers
 knowing which.
+
+Names read from storage (the files a checkpoint's state.json lists, a pack's
+shards, the entries of an archive journal) are written by whoever can write to
+a shared bucket. `join` never lets a part leave its base: every part must pass
+`relative_name_problem`, the one check of such names, so an absolute part, a
+`..`, a URL scheme or a chained fsspec URL (`a::file:///`) is refused instead of
+replacing or climbing out of the base.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 import tempfile
 from typing import Any
+from urllib.parse import unquote
 
 # gcsfs probes a gRPC endpoint for hierarchical-namespace buckets, which the GCS
 # emulator lacks: every call would wait 60 s. Must be set before gcsfs is imported.
@@ -23,6 +32,53 @@ import fsspec  # noqa: E402  (after the environment fix above)
 # none are ever passed in a config. ANIMEGAN_GCS_TOKEN=anon reads public buckets
 # without credentials (any gcsfs `token` value works, e.g. a key file's path).
 GCS_TOKEN_VARIABLE = "ANIMEGAN_GCS_TOKEN"
+
+
+# A URL can carry its own credentials: user:password@ (HTTP basic auth, a token as the user),
+# or a signed query string (GCS X-Goog-Signature, S3 X-Amz-Signature and -Credential and
+# -Security-Token, Azure SAS sig=). redact() keeps them out of every file, dashboard and log line.
+REDACTED = "REDACTED"
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_SECRET_PARAMETER_PARTS = ("signature", "credential", "token", "secret", "password", "passwd")
+_SECRET_PARAMETERS = frozenset({"sig", "key", "apikey", "api_key", "auth", "code"})
+
+
+def _is_secret_parameter(name: str) -> bool:
+    name = unquote(name).lower()
+    return name in _SECRET_PARAMETERS or any(part in name for part in _SECRET_PARAMETER_PARTS)
+
+
+def _redact_url(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    authority = re.match(r"[^/?#]*", rest).group(0)
+    tail = rest[len(authority):]
+    if "@" in authority:
+        authority = f"{REDACTED}@{authority.rsplit('@', 1)[1]}"
+    path, question, query = tail.partition("?")
+    if question:
+        query, hash_sign, fragment = query.partition("#")
+        parameters = []
+        for parameter in query.split("&"):
+            name, equals, value = parameter.partition("=")
+            parameters.append(f"{name}={REDACTED}" if equals and value and _is_secret_parameter(name) else parameter)
+        tail = f"{path}?{'&'.join(parameters)}{hash_sign}{fragment}"
+    return f"{scheme}://{authority}{tail}"
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by REDACTED (user:password@, signatures)."""
+    return _URL_IN_TEXT.sub(lambda match: _redact_url(match.group(0)), text)
+
+
+def redacted(value: Any) -> Any:
+    """A JSON-like value (dicts, lists, strings) with the credentials in its URLs replaced, for files and dashboards."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(item) for item in value]
+    return value
 
 
 def _storage_options(protocol: str) -> dict[str, Any]:
@@ -57,8 +113,49 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def relative_name_problem(name: object, *, single: bool = False) -> str | None:
+    """Why `name` is not a plain relative name that stays inside its folder, or None when it is.
+
+    Parts are separated by '/' only; `single` asks for one part (a file directly in the folder).
+    The rules hold on every filesystem: what is harmless on one (a backslash, a colon on
+    Linux) is a separator, a drive or a URL scheme on another, or to fsspec.
+    """
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a name"
+    if not name:
+        return "is empty"
+    if any(ord(character) < 32 or ord(character) == 127 for character in name):
+        return "holds a control character"
+    if "\\" in name:
+        return "holds a backslash"
+    if ":" in name:
+        return "holds a colon (a URL scheme, a drive letter or a chained URL)"
+    if name.startswith("/"):
+        return "is an absolute path"
+    if name.startswith("~"):
+        return "starts with ~ (a home folder)"
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "has an empty, '.' or '..' part"
+    if single and len(parts) > 1:
+        return "is not directly in its folder"
+    return None
+
+
+def check_relative_name(name: object, where: str, *, single: bool = False) -> str:
+    """`name` unchanged when it stays inside its folder; else ValueError naming it and `where` it was read."""
+    problem = relative_name_problem(name, single=single)
+    if problem is not None:
+        raise ValueError(f"{where} names {name!r}, which {problem}: refusing to use it")
+    return name  # type: ignore[return-value]
+
+
 def join(url: str, *parts: str) -> str:
-    """Joins path parts onto a URL with '/', keeping the scheme."""
+    """Joins relative path parts onto a URL with '/', keeping the scheme; ValueError if a part could escape."""
+    for part in parts:
+        problem = relative_name_problem(part)
+        if problem is not None:
+            raise ValueError(f"cannot join {part!r} onto {url}: it {problem}")
     if is_local(url):
         return os.path.join(split_protocol(url)[1], *parts)
     return posixpath.join(url, *parts)
@@ -170,6 +267,17 @@ def list_dir(url: str) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
+
+
+def file_sizes(url: str) -> dict[str, int]:
+    """{name: size in bytes} of the files directly under a folder URL; {} when it is missing."""
+    fs, path = filesystem(url)
+    try:
+        entries = fs.ls(path, detail=True, refresh=True)
+    except FileNotFoundError:
+        return {}
+    return {posixpath.basename(entry["name"].rstrip("/")): int(entry["size"])
+            for entry in entries if entry.get("type") == "file"}
 
 
 def pyarrow_filesystem(url: str) -> tuple[Any, str]:

@@ -187,7 +187,7 @@ def write_best_config(plan: SweepPlan, best: TrialRow) -> str:
     values.update(workdir="", data=plan.user_data, wandb_group=plan.user_group)
     TrainConfig.from_dict(values).validate()
     url = storage.join(plan.workdir, "best-config.json")
-    storage.write_text(url, json.dumps(values, indent=2) + "\n")
+    storage.write_text(url, json.dumps(storage.redacted(values), indent=2) + "\n")
     return url
 
 

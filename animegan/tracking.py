@@ -150,7 +150,8 @@ def start_run(config: TrainConfig, layout: RunLayout, forwarded: Mapping[str, st
     except Exception as error:  # noqa: BLE001 (W&B must never stop training)
         log(f"W&B: not logging this run ({type(error).__name__}: {error})")
         return None
-    run_config = {**config.to_dict(), "replicas": config.replicas}
+    # Credentials in URLs (--data https://user:pass@..., signed URLs) never reach the dashboard.
+    run_config = storage.redacted({**config.to_dict(), "replicas": config.replicas})
     return WandbWriter(options, run_config, log=log)
 
 

@@ -45,6 +45,15 @@ def data_position(step: int, num_items: int, config: TrainConfig) -> tuple[int, 
     return consumed // per_worker_items, consumed % per_worker_items
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak * (1 if sys.platform == "darwin" else 1024) / 1e6
+
+
 def _configure_worker(config: TrainConfig) -> None:
     import tensorflow as tf
 
@@ -82,15 +91,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from animegan import checkpoint as checkpoints
     from animegan import storage
     from animegan.data.augment import Augmentation
+    from animegan.data.decode import ImageLimits
     from animegan.data.index import DataIndex
     from animegan.data.pipeline import DataPosition, ReadStats, next_batch, to_uint8, training_dataset
     from animegan.data.sources import open_source
     from animegan.gan import STEP_METRICS, build_state, make_ema_statistics_refresher, make_train_step
     from animegan.grids import image_grid, save_png
     from animegan.metrics.during_training import TrainingEvaluation
+    from animegan.retries import call_with_retries
     from animegan.sinks import ConsoleProgress, JsonlMetrics, MetricsSink
 
-    say = print if is_chief else (lambda *args, **kwargs: None)
+    # Rank 0 speaks for the job; credentials in URLs (--data https://user:pass@...) are redacted.
+    say = (lambda message: print(storage.redact(str(message)))) if is_chief else (lambda *args, **kwargs: None)
 
     # --- state: build, then restore the newest valid checkpoint if there is one
     with strategy.scope():
@@ -99,9 +111,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     fixed_noise = np.random.default_rng([config.seed, 1]).standard_normal(
         (SAMPLE_GRID_SIZE, config.noise_dim)).astype(np.float32)
     start_step, epoch, skip_items = 0, 0, 0
-    # Rank 0 picks the checkpoint and every worker loads that one: workers listing
-    # storage on their own could pick different ones and fall out of step.
-    found = checkpoints.fetch_latest(layout.checkpoints, log=say) if is_chief else None
+    # Rank 0 fetches the checkpoint the driver chose (or a newer one this run wrote before a
+    # restart) and every worker loads that one: workers listing storage on their own could
+    # pick different ones and fall out of step.
+    found = (checkpoints.fetch_latest(layout.checkpoints, log=say, expected=loop_config.get("resume_from"))
+             if is_chief else None)
     latest = broadcast_from_rank_zero(found[0] if found else None)
     if latest is not None:
         local = found[1] if found else checkpoints.download(latest)
@@ -116,8 +130,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     clock.mark("checkpoint scan")
 
     # --- data: this worker's shard, from where the checkpoint left off
-    index = DataIndex.load(layout.data_index)
-    source = open_source(index.source)
+    index = DataIndex.load(layout.data_index, source=config.data)
+    source = open_source(index.source, max_item_bytes=config.max_image_bytes)
     per_epoch = steps_per_epoch(len(index.items), config)
     if latest is None:
         epoch, skip_items = 0, 0
@@ -129,7 +143,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             source, index.items,
             batch_size=input_context.get_per_replica_batch_size(config.batch_size),
             rank=rank, world_size=world_size, seed=config.seed, augmentation=augmentation,
-            position=DataPosition(epoch, skip_items), stats=stats,
+            position=DataPosition(epoch, skip_items), stats=stats, limits=ImageLimits.of(config),
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -166,28 +180,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         images = to_uint8(state.ema_generator(fixed_noise, training=False))
         if is_chief:
             grid = image_grid(images, columns=8)
-            save_png(layout.sample(step), grid)
+            url = layout.sample(step)
+            call_with_retries(lambda: save_png(url, grid), what=f"writing {url}", url=url)
             sink.log_image(step, "samples/ema", grid, caption=f"EMA generator on fixed noise, step {step}")
 
     def save_checkpoint(step: int, metrics: dict[str, Any]) -> None:
         # Every worker reports (Ray requires it); only rank 0 attaches files.
         ema_ready(step)
-        directory = None
-        checkpoint = None
-        if is_chief:
-            directory = tempfile.mkdtemp(prefix="animegan-save-")
-            epoch_now, skip_now = data_position(step, len(index.items), config)
-            checkpoints.write_checkpoint(directory, state, step=step, epoch=epoch_now, skip_items=skip_now,
-                                         fixed_noise=fixed_noise, config=config)
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-            sink.flush()
         name = checkpoints.checkpoint_dir_name(step)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
-        if directory:
-            try:
-                checkpoints.ensure_stored(directory, storage.join(layout.checkpoints, name), log=say)
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
+        if not is_chief:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+            return
+        epoch_now, skip_now = data_position(step, len(index.items), config)
+        with checkpoints.written(state, step=step, epoch=epoch_now, skip_items=skip_now, fixed_noise=fixed_noise,
+                                 config=config) as directory:
+            sink.flush()
+
+            def upload(_, dir_name: str):
+                # In place of Ray's uploader: retried as reads are, and checked whole afterwards.
+                url = storage.join(layout.checkpoints, dir_name)
+                checkpoints.upload(directory, url, log=say)
+                filesystem, path = storage.pyarrow_filesystem(url)
+                return ray.train.Checkpoint(path=path, filesystem=filesystem)
+
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=name, checkpoint_upload_fn=upload)
 
     # W&B and metrics.jsonl keep what was logged even when the loop fails.
     try:
@@ -214,6 +231,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 row["perf/images_per_sec"] = len(window) * config.batch_size / elapsed
                 row["perf/step_time"] = elapsed / len(window)
                 row["data/skipped"] = stats.skipped
+                row["perf/peak_memory_mb"] = peak_memory_mb()  # this worker's; hostile images show here
                 row["lr/generator"] = float(np.asarray(state.generator_optimizer.learning_rate))
                 row["lr/discriminator"] = float(np.asarray(state.discriminator_optimizer.learning_rate))
                 window, window_start = [], time.perf_counter()
@@ -267,9 +285,13 @@ def write_status(layout: RunLayout, status: str, step: int, metrics: dict[str, A
 
     from animegan import storage
 
+    from animegan.retries import call_with_retries
+
     document = {"status": status, "step": step, "metrics": {key: value for key, value in metrics.items()
                                                              if key not in {"status", "step"}}}
-    storage.write_text(layout.status, json.dumps(document, indent=2, allow_nan=True) + "\n")
+    text = json.dumps(document, indent=2, allow_nan=True) + "\n"
+    call_with_retries(lambda: storage.write_text(layout.status, text), what=f"writing {layout.status}",
+                      url=layout.status)
 
 
 def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -> None:
@@ -279,6 +301,7 @@ def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -
     from animegan import storage
     from animegan.models import build_generator
     from animegan.precision import dtype_policy
+    from animegan.retries import call_with_retries
 
     # float32 whatever the training precision: the file then runs, with the same results, on any CPU.
     with dtype_policy("float32"):
@@ -288,8 +311,11 @@ def export_generator(state, config: TrainConfig, layout: RunLayout, step: int) -
     try:
         local = os.path.join(directory, "generator.keras")
         plain.save(local)
-        storage.upload_file(local, layout.generator)
-        storage.write_text(layout.generator_info, json.dumps({"step": step, "config": config.to_dict()}))
+        call_with_retries(lambda: storage.upload_file(local, layout.generator), what=f"uploading {layout.generator}",
+                          url=layout.generator)
+        info = json.dumps({"step": step, "config": storage.redacted(config.to_dict())})
+        call_with_retries(lambda: storage.write_text(layout.generator_info, info),
+                          what=f"writing {layout.generator_info}", url=layout.generator_info)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print(f"Exported the EMA generator (step {step}) to {layout.generator}")

@@ -203,7 +203,7 @@ def plan_sweep(base: TrainConfig, settings: SweepSettings, fixed: set[str], *, w
 def record_sweep(plan: SweepPlan) -> None:
     """Writes sweep.json, or checks that this command is the sweep the workdir already holds."""
     url = storage.join(plan.workdir, SWEEP_FILE)
-    document = asdict(plan)
+    document = storage.redacted(asdict(plan))  # --data may carry credentials
     if storage.exists(url):
         stored = json.loads(storage.read_text(url))
         if stored != document:
@@ -245,11 +245,11 @@ def run_trial(sampled: dict[str, Any], plan: SweepPlan) -> None:
         return
     if not storage.exists(layout.data_index):
         # The sweep's listing, split by this trial's seed and holdout fraction: resolve() finds it and lists nothing.
-        listing = DataIndex.load(plan.data_index)
+        listing = DataIndex.load(plan.data_index, source=plan.base["data"])
         DataIndex.split(listing.source, listing.items, config.holdout_fraction, config.seed).save(layout.data_index)
-    config, _ = resolve(config, log=print)
+    config, _, resume_from = resolve(config, log=print)
     storage.remove(layout.status)  # a status left by an earlier attempt is not this one's
-    build_trainer(config, layout, {"callbacks": [TuneReportCallback()]}).fit()
+    build_trainer(config, layout, {"callbacks": [TuneReportCallback()]}, resume_from=resume_from).fit()
 
 
 def check_same_trial(config: TrainConfig, layout: RunLayout, sampled: Mapping[str, Any]) -> None:

@@ -50,7 +50,7 @@ def main() -> None:
                                          noise_dim=16, generator_width=8, discriminator_width=8, log_every=5,
                                          sample_every=10, checkpoint_every=steps, workers=args.workers,
                                          wandb_mode=mode)
-                    config, _ = resolve(config, log=lambda *_: None)
+                    config, _, _ = resolve(config, log=lambda *_: None)
                     started = time.perf_counter()
                     build_trainer(config, RunLayout(config.workdir)).fit()
                     seconds[mode].append(time.perf_counter() - started)

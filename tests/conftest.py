@@ -61,9 +61,13 @@ def bucket(gcs_emulator, request):
 
 @pytest.fixture(scope="session")
 def real_faces() -> Path:
-    """The 10,000 real Kaggle anime faces zip; the test is skipped when it is absent."""
+    """The 10,000 real Kaggle anime faces zip; the test is skipped when it is absent, and fails in CI
+    (CI set), where a missing zip must not pass for a green run."""
     if not REAL_FACES.exists():
-        pytest.skip(f"real faces not found at {REAL_FACES}")
+        message = f"real faces not found at {REAL_FACES} (set ANIMEGAN_REAL_FACES to the zip's path)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     return REAL_FACES
 
 

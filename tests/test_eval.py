@@ -148,7 +148,7 @@ def test_resolve_holds_out_images_and_says_what_evaluation_compares(tmp_path):
     messages: list[str] = []
     config = TrainConfig(data=str(tmp_path / "data"), workdir=str(tmp_path / "run"), batch_size=4, steps=10,
                          eval_every=5, holdout_fraction=0.2, inception_weights="random")
-    _, index = resolve(config, write=True, log=messages.append)
+    _, index, _ = resolve(config, write=True, log=messages.append)
     assert len(index.items) == 16 and len(index.holdout) == 4
     assert DataIndex.load(str(tmp_path / "run" / "data-index.json")) == index
     assert any("Evaluation every 5 steps: FID and KID of 1000 EMA-generator images against 4 held-out images"
@@ -239,7 +239,7 @@ def evaluated_run(ray_cluster, tmp_path_factory):
                          noise_dim=16, generator_width=8, discriminator_width=8, log_every=4,
                          checkpoint_every=6, sample_every=12, workers=2, cpus_per_worker=1,
                          holdout_fraction=0.25, eval_every=4, eval_samples=8, inception_weights="random")
-    config, _ = resolve(config)
+    config, _, _ = resolve(config)
     result = build_trainer(config, RunLayout(config.workdir)).fit()
     return root, result
 

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,8 +23,8 @@ import pytest
 
 from animegan import storage
 from animegan.archive import JOURNAL, finish_interrupted
-from animegan.checkpoint import (download, ensure_stored, fetch_latest, list_checkpoints, problem_with, read_state,
-                                 restore, write_checkpoint)
+from animegan.checkpoint import (NoUsableCheckpoint, download, ensure_stored, fetch_latest, list_checkpoints,
+                                 problem_with, read_state, restore, upload, write_checkpoint, written)
 from animegan.cli import main as cli_main
 from animegan.config import TrainConfig
 from animegan.data.pipeline import DataPosition, encoded_images
@@ -33,6 +34,7 @@ from animegan.launcher import resolve, run_training
 from animegan.resume import RAY_SNAPSHOT, set_aside_stale_ray_snapshot
 from animegan.training import data_position
 from animegan.workdir import RunLayout
+from tests.support.fake_checkpoints import write_checkpoint_files
 from tests.support.faulty_emulator import CRASH_EXIT_CODE, FaultyEmulator
 from tests.support.images import write_folder
 from tests.support.processes import group_alive, is_running, kill_tree
@@ -136,6 +138,55 @@ def test_missing_truncated_or_corrupt_checkpoint_files_fall_back_to_the_newest_g
     ]
 
 
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_a_workdir_whose_checkpoints_all_fail_is_refused_instead_of_started_over(where, tmp_path, request, capsys):
+    workdir = str(tmp_path / "run") if where == "local" else request.getfixturevalue("bucket") + "/run"
+    checkpoints = f"{workdir}/checkpoints"
+    history = "".join(json.dumps({"step": step, "loss/d": 1.0}) + "\n" for step in range(5, 41, 5))
+    storage.write_text(f"{workdir}/metrics.jsonl", history)
+    for step in (20, 40):
+        write_checkpoint_files(f"{checkpoints}/checkpoint-{step:08d}", step, {"generator.weights.h5": bytes(100)})
+    storage.write_bytes(f"{checkpoints}/checkpoint-00000040/generator.weights.h5", bytes(50))  # cut short
+    storage.write_bytes(f"{checkpoints}/checkpoint-00000020/generator.weights.h5", b"\1" * 100)  # the wrong bytes
+    status = cli_main(["train", "--workdir", workdir, "--steps", "60", "--noise-dim", "16", "--generator-width", "8",
+                       "--discriminator-width", "8"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"animegan: error: every checkpoint in {checkpoints} fails its checks (checkpoint-00000040: "
+        f"generator.weights.h5 is truncated (50 of 100 bytes); checkpoint-00000020: generator.weights.h5 does not "
+        f"match its checksum in state.json); refusing to start over from step 0 over the run's history. Repair or "
+        f"remove them, or run again with --restart to start over (the previous run is kept under "
+        f"<workdir>/archive/)\n")
+    assert storage.read_text(f"{workdir}/metrics.jsonl") == history  # nothing was cut
+
+
+def test_workers_resume_from_the_driver_choice_or_a_newer_one_but_never_an_older_one(tmp_path):
+    root = str(tmp_path / "checkpoints")
+    for step in (10, 20):
+        write_checkpoint_files(f"{root}/checkpoint-{step:08d}", step, {"generator.weights.h5": bytes([step]) * 64})
+    chosen = f"{root}/checkpoint-00000020"
+    assert fetch_latest(root, expected=chosen)[0] == chosen
+    # A restart after this run wrote checkpoint 30: the newer one.
+    write_checkpoint_files(f"{root}/checkpoint-00000030", 30, {"generator.weights.h5": bytes([30]) * 64})
+    assert fetch_latest(root, expected=chosen)[0] == f"{root}/checkpoint-00000030"
+    # Both broken since the driver chose: the run stops rather than resume from 10, before the
+    # checkpoint it announced (whose steps it would then log again over its history).
+    for step in (20, 30):
+        storage.write_bytes(f"{root}/checkpoint-{step:08d}/generator.weights.h5", b"\xff" * 64)
+    messages: list[str] = []
+    with pytest.raises(NoUsableCheckpoint) as error:
+        fetch_latest(root, log=messages.append, expected=chosen)
+    assert str(error.value).startswith(f"the checkpoint the run was to resume from, {chosen}, and every newer one "
+                                       f"in {root} now fail their checks (checkpoint-00000030: ")
+    assert len(messages) == 2
+    # Without a driver's choice (a run that started from step 0 and wrote them) the same holds:
+    # checkpoints that all fail are an error, never a silent start from step 0.
+    storage.write_bytes(f"{root}/checkpoint-00000010/generator.weights.h5", b"\xff" * 64)
+    with pytest.raises(NoUsableCheckpoint, match=f"every checkpoint in {root} fails its checks"):
+        fetch_latest(root)
+
+
 def test_a_checkpoint_stored_incompletely_is_uploaded_again(bucket, tmp_path):
     config = TrainConfig(**TINY)
     url = save(build_state(config), config, f"{bucket}/checkpoints/checkpoint-00000010", 10, tmp_path)
@@ -146,6 +197,21 @@ def test_a_checkpoint_stored_incompletely_is_uploaded_again(bucket, tmp_path):
     assert problem_with(url) is None
     ensure_stored(str(tmp_path / "local-10"), url, log=messages.append)  # whole: nothing to do
     assert len(messages) == 1
+
+
+@pytest.mark.parametrize("failure", ["writing", "uploading"])
+def test_a_checkpoint_that_fails_to_write_or_upload_leaves_no_temporary_folder(failure, gcs_emulator, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    config = TrainConfig(**TINY)
+    state = build_state(config)
+    noise = np.zeros((4, config.noise_dim), np.float32) if failure == "uploading" else "not an array"
+    with pytest.raises((FileNotFoundError, ValueError)):
+        with written(state, step=10, epoch=0, skip_items=10, fixed_noise=noise, config=config) as directory:
+            assert "state.json" in os.listdir(directory)
+            upload(directory, "gs://no-such-bucket-animegan-16/run/checkpoints/checkpoint-00000010")
+    assert os.listdir(tmp_path / "tmp") == []  # before: one animegan-save-* folder per failed attempt
 
 
 def test_a_worker_refuses_a_checkpoint_of_another_model_shape_naming_the_fields(tmp_path):
@@ -183,8 +249,8 @@ def test_restart_moves_the_previous_run_aside_whole_and_keeps_the_inputs(bucket)
     for name, text in files.items():
         storage.write_text(f"{workdir}/{name}", text)
     messages: list[str] = []
-    config, _ = resolve(TrainConfig(workdir=workdir, data=f"{workdir}/data", steps=5, batch_size=1, **TINY),
-                        restart=True, log=messages.append)
+    config, _, _ = resolve(TrainConfig(workdir=workdir, data=f"{workdir}/data", steps=5, batch_size=1, **TINY),
+                           restart=True, log=messages.append)
     archived = storage.list_dir(f"{workdir}/archive")
     assert len(archived) == 1
     archive = f"{workdir}/archive/{archived[0]}"
@@ -384,6 +450,73 @@ def test_a_broken_checkpoint_is_passed_over_for_the_good_one_before_it_and_resta
 
 
 @pytest.mark.ray
+def test_the_driver_and_the_workers_pass_over_a_checkpoint_with_the_wrong_bytes_alike(
+        ray_cluster, bucket, faces, capfd):
+    # The driver used to check sizes only: it announced checkpoint 20, whose bytes were changed at
+    # the same size, while rank 0 (checking SHA-256) resumed from checkpoint 10.
+    workdir = f"{bucket}/run"
+    config = TrainConfig(workdir=workdir, data=faces, steps=20, **ONE_WORKER)
+    assert run_training(config).step == 20
+    checkpoints = f"{workdir}/checkpoints"
+    weights = bytearray(storage.read_bytes(f"{checkpoints}/checkpoint-00000020/generator.weights.h5"))
+    weights[len(weights) // 2] ^= 0xFF
+    storage.write_bytes(f"{checkpoints}/checkpoint-00000020/generator.weights.h5", bytes(weights))
+    capfd.readouterr()
+
+    messages: list[str] = []
+    outcome = run_training(config.replace(steps=30), log=messages.append)
+    assert outcome.status == "finished" and outcome.step == 30
+    skipped = (f"skipping checkpoint {checkpoints}/checkpoint-00000020: generator.weights.h5 does not match its "
+               f"checksum in state.json")
+    assert messages[:2] == [skipped, f"Resuming from {checkpoints}/checkpoint-00000010 (step 10)"]  # the driver
+    output = capfd.readouterr().out
+    assert resumes(output) == [("checkpoint-00000010", 10)]  # the worker: the same one
+    assert metric_steps(workdir) == list(range(5, 31, 5))
+
+
+@pytest.mark.ray
+def test_a_storage_outage_longer_than_gcsfs_retries_costs_rank_0_no_restart(ray_cluster, gcs_emulator, bucket,
+                                                                            faces, capfd):
+    workdir = f"{bucket}/run"
+    config = TrainConfig(workdir=workdir, data=faces, steps=40, **{**ONE_WORKER, "sample_every": 10})
+    snapshot = f"{workdir}/checkpoints/{RAY_SNAPSHOT}"
+    seen: dict = {}
+
+    def take_storage_away_for_a_while():
+        try:
+            # Once Ray has recorded checkpoint 10 (its controller's writes are Ray's, not rank 0's),
+            # stop the storage for longer than gcsfs retries a request (about 31 s): rank 0's next
+            # writes (the sample grid at step 20, metrics, checkpoint 20) meet the outage.
+            wait_for(lambda: storage.exists(snapshot) and "checkpoint-00000010" in storage.read_text(snapshot),
+                     300, "Ray's record of checkpoint 10")
+            gcs_emulator.stop()
+            seen["down"] = time.monotonic()
+            time.sleep(45)
+            gcs_emulator.start()
+            seen["up"] = time.monotonic()
+        except BaseException as error:
+            seen["error"] = error
+
+    thread = threading.Thread(target=take_storage_away_for_a_while, daemon=True)
+    thread.start()
+    try:
+        outcome = run_training(config)
+    finally:
+        thread.join(timeout=120)
+        if gcs_emulator.process is None:
+            gcs_emulator.start()
+    assert "error" not in seen, seen.get("error")
+    assert seen["up"] - seen["down"] >= 45
+    assert outcome.status == "finished" and outcome.step == 40
+    output = capfd.readouterr()
+    assert resumes(output.out) == []  # no worker group restart: the writes waited for the storage
+    assert re.search(r"(writing|uploading|checking) gs://\S+ failed \(", output.out + output.err)  # our retries
+    assert metric_steps(workdir) == list(range(5, 41, 5))
+    assert [step for step, _ in list_checkpoints(f"{workdir}/checkpoints")] == [40, 30, 20]
+    assert all(is_complete(url) for _, url in list_checkpoints(f"{workdir}/checkpoints"))
+
+
+@pytest.mark.ray
 def test_storage_crashing_during_a_checkpoint_upload_is_retried_and_keeps_every_checkpoint_whole(
         ray_cluster, gcs_emulator, bucket, faces, capfd):
     workdir = f"{bucket}/run"
@@ -420,15 +553,11 @@ def test_storage_crashing_during_a_checkpoint_upload_is_retried_and_keeps_every_
     assert len(seen["stored"]) == 2  # it died mid-upload: two of the checkpoint's six files were stored
     assert len(seen["previous"]) == 6  # and the checkpoint before was whole
 
-    # Requests refused while the emulator was down were retried by gcsfs once it was back. The file
-    # whose upload died with it failed for good (the emulator had lost track of that upload), yet
-    # Ray called the checkpoint saved (pyarrow's copy_files does not report errors at close): the
-    # check after each upload found the file missing and uploaded it again. No worker restarted.
+    # Requests refused while the emulator was down were retried (by gcsfs, then by rank 0's own
+    # uploader, retried as reads are) once it was back; a file still missing after the upload
+    # would have been found by the check that follows it and uploaded again. No worker restarted.
     assert outcome.status == "finished" and outcome.step == 30
     output = capfd.readouterr().out
-    # Which file was lost depends on the order of the concurrent uploads (state.json's message says more).
-    assert re.search(rf"checkpoint {workdir}/checkpoints/checkpoint-00000020 was not stored whole "
-                     rf"\(\S+ is missing( \(the checkpoint was not finished\))?\); uploading it again", output)
     assert resumes(output) == []
     assert metric_steps(workdir) == list(range(5, 31, 5))
     for step in (10, 20, 30):

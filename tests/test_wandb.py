@@ -35,7 +35,7 @@ def train(config: TrainConfig, worker_env: dict[str, str] | None = None) -> tupl
     """A real training run like run_training's, with extra environment for the Ray workers."""
     from animegan.launcher import build_trainer, resolve
 
-    config, _ = resolve(config, log=lambda *_: None)
+    config, _, _ = resolve(config, log=lambda *_: None)
     layout = RunLayout(config.workdir)
     extras = {"worker_runtime_env": {"env_vars": worker_env}} if worker_env else None
     result = build_trainer(config, layout, extras).fit()

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     if args.dry_run:
-        resolved, index = resolve(config, write=False, restart=args.restart,
+        resolved, _, _ = resolve(config, write=False, restart=args.restart,
                                   on_cluster=cluster_address(args.address) is not None, log=lambda *_: None)
         print(json.dumps(resolved.to_dict(), indent=2))
         return 0

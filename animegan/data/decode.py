@@ -1,15 +1,32 @@
 """Checking and decoding encoded images into 64x64 RGB tensors.
 
-A cheap byte-level check in Python catches non-images and truncated files
-before TensorFlow sees them, so that bad files are skipped and counted (with
-the reason) instead of failing a whole tf.data pipeline.
+A cheap byte-level check in Python catches non-images, truncated files and
+images too large to decode safely (their size read from the header, see
+animegan/data/header.py) before TensorFlow sees them, so that bad files are
+skipped and counted (with the reason) instead of failing a whole tf.data
+pipeline or exhausting the worker's memory.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tensorflow as tf
 
-from animegan.config import IMAGE_SIZE
+from animegan.config import IMAGE_SIZE, TrainConfig
+from animegan.data.header import UnreadableHeader, read_header
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The largest image the pipeline decodes: in pixels (from the header), and in encoded bytes."""
+
+    max_pixels: int = TrainConfig.max_image_pixels
+    max_bytes: int = TrainConfig.max_image_bytes
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "ImageLimits":
+        return cls(config.max_image_pixels, config.max_image_bytes)
 
 _SIGNATURES = {
     b"\xff\xd8\xff": "jpeg",
@@ -30,10 +47,12 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def problem_with(data: bytes) -> str | None:
-    """Why these bytes cannot be a whole image, or None when they look decodable."""
+def problem_with(data: bytes, limits: ImageLimits = ImageLimits()) -> str | None:
+    """Why these bytes cannot be a whole image, or one within the limits; None when they look decodable."""
     if not data:
         return "empty file"
+    if len(data) > limits.max_bytes:
+        return f"{len(data):,} bytes, above the limit of {limits.max_bytes:,} (--max-image-bytes)"
     kind = image_format(data)
     if kind is None:
         return "not an image (unknown file signature)"
@@ -45,6 +64,13 @@ def problem_with(data: bytes) -> str | None:
         return "truncated PNG (no IEND chunk)"
     if kind == "webp" and len(data) < int.from_bytes(data[4:8], "little") + 8:
         return "truncated WebP"
+    try:
+        header = read_header(data, kind)
+    except UnreadableHeader as error:
+        return f"unreadable header ({error})"
+    if header.pixels > limits.max_pixels:
+        return (f"{header.describe()}, above the limit of {limits.max_pixels:,} pixels (--max-image-pixels); "
+                f"not decoded")
     return None
 
 

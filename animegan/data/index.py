@@ -2,6 +2,8 @@
 
 Kept in the workdir, so that a resumed run sees exactly the same items in the
 same order, and its data position (epoch, items consumed) still means the same.
+The stored source URL has its credentials redacted (storage.redact); whoever
+opens the source passes the real URL to `load`.
 A fraction of the items can be held out: `items` are the training items (all
 that training ever reads) and `holdout` the real images kept for evaluation.
 """
@@ -9,7 +11,7 @@ that training ever reads) and `holdout` the real images kept for evaluation.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -26,11 +28,15 @@ class DataIndex:
     holdout_seed: int = 0
 
     def save(self, url: str) -> None:
-        storage.write_text(url, json.dumps(asdict(self)))
+        storage.write_text(url, json.dumps({**asdict(self), "source": storage.redact(self.source)}))
 
     @classmethod
-    def load(cls, url: str) -> "DataIndex":
-        return cls(**json.loads(storage.read_text(url)))
+    def load(cls, url: str, source: str | None = None) -> "DataIndex":
+        """The stored index; `source` (the real URL, credentials and all) replaces the redacted one it matches."""
+        index = cls(**json.loads(storage.read_text(url)))
+        if source is not None and storage.redact(source) == index.source:
+            index = replace(index, source=source)
+        return index
 
     @classmethod
     def split(cls, source: str, listing: list[str], holdout_fraction: float = 0.0, seed: int = 0) -> "DataIndex":
@@ -67,7 +73,7 @@ def index_for(source_url: str, index_url: str, holdout_fraction: float = 0.0, se
     a silent re-split: the run may already have trained on images it would now hold out.
     """
     if storage.exists(index_url):
-        stored = DataIndex.load(index_url)
+        stored = DataIndex.load(index_url, source=source_url)
         if stored.source == source_url:
             if not stored.same_split(holdout_fraction, seed):
                 raise ValueError(

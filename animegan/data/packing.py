@@ -37,6 +37,7 @@ from animegan.data.shards import (
     PackParameters,
     ShardInfo,
     ShardWriter,
+    checked_shard,
     load_manifest,
     pack_folder,
     read_json,
@@ -44,7 +45,7 @@ from animegan.data.shards import (
     shard_name,
     shard_problem,
 )
-from animegan.data.sources import PACK_MANIFEST, PACK_SHARD_NAME, list_images, open_source
+from animegan.data.sources import PACK_MANIFEST, PACK_SHARD_NAME, failure_reason, list_images, open_source
 from animegan.retries import call_with_retries
 
 DEFAULT_SHARD_BYTES = 64 << 20
@@ -176,8 +177,7 @@ def pack(
     try:
         for offset, (item, data) in enumerate(source.read(remaining)):
             here = position + offset
-            problem = (f"read failed: {type(data).__name__}: {data}" if isinstance(data, Exception)
-                       else problem_with(data))
+            problem = failure_reason(data) if isinstance(data, Exception) else problem_with(data)
             if problem:
                 skipped.append(f"{item}: {problem}")
             else:
@@ -216,11 +216,12 @@ def _verified_shards(folder: str, parameters: PackParameters, log: Callable[[str
         records = []
         names = set(storage.list_dir(folder))
         while record_name(shard_name(len(records))) in names:
-            values = read_json(storage.join(folder, record_name(shard_name(len(records)))))
+            record_url = storage.join(folder, record_name(shard_name(len(records))))
+            values = read_json(record_url)
             _check_same_pack(PackParameters(**{field.name: values.pop(field.name)
                                               for field in dataclasses.fields(PackParameters)}),
                              parameters, folder)
-            records.append(ShardInfo(**values))
+            records.append(checked_shard(values, record_url))
     kept = []
     for record in records:
         problem = shard_problem(folder, record)

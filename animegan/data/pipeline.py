@@ -24,9 +24,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from animegan import storage
 from animegan.data.augment import Augmentation, augment_batch
-from animegan.data.decode import decode_image, problem_with
-from animegan.data.sources import ImageSource, ReadResult
+from animegan.data.decode import ImageLimits, decode_image, problem_with
+from animegan.data.sources import ImageSource, ReadResult, failure_reason
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ class ReadStats:
     def skip(self, item: str, reason: str) -> None:
         with self.lock:
             self.skipped += 1
-            if len(self.examples) < 5:
-                self.examples.append(f"{item}: {reason}")
-        logger.warning("skipping unreadable image %s: %s", item, reason)
+            example = storage.redact(f"{item}: {reason}")  # an item can be a URL with credentials
+            if len(self.examples) < 5 and example not in self.examples:  # each epoch meets it again
+                self.examples.append(example)
+        logger.warning("skipping unreadable image %s", example)
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,10 @@ def encoded_images(
     repeat: bool = True,
     shuffle_window: int = SHUFFLE_WINDOW,
     recorded: bool = True,
+    limits: ImageLimits = ImageLimits(),
 ) -> Iterator[bytes]:
-    """Encoded bytes of this worker's items, epoch after epoch, skipping unreadable ones.
+    """Encoded bytes of this worker's items, epoch after epoch, skipping unreadable ones and those
+    above the limits (their size read from the header, before anything decodes them).
 
     `recorded=False` keeps a side read (a preview) out of the item record that
     tests use to check what each worker's shard read.
@@ -147,8 +151,7 @@ def encoded_images(
             readable = 0
             window = shuffle_window if runs is not None else None
             for item, data in _shard_reads(source, items, shard, skip, window, (seed, epoch, rank)):
-                problem = (f"read failed: {type(data).__name__}: {data}" if isinstance(data, Exception)
-                           else problem_with(data))
+                problem = failure_reason(data) if isinstance(data, Exception) else problem_with(data, limits)
                 if record:
                     record.write(f"{epoch}\t{item}\t{'skipped' if problem else 'read'}\n")
                 if problem:
@@ -200,6 +203,7 @@ def training_dataset(
     stats: ReadStats | None = None,
     repeat: bool = True,
     recorded: bool = True,
+    limits: ImageLimits = ImageLimits(),
 ) -> tf.data.Dataset:
     """Batches of float32 [batch_size, 64, 64, 3] images in [-1, 1] for one worker."""
     if items_per_worker(len(items), world_size) < batch_size:
@@ -214,7 +218,8 @@ def training_dataset(
     # TensorFlow in chunks (one Python call per image would cap the pipeline).
     chunks = tf.data.Dataset.from_generator(
         lambda: _chunks(encoded_images(source, items, rank=rank, world_size=world_size, seed=seed,
-                                       position=position, stats=stats, repeat=repeat, recorded=recorded),
+                                       position=position, stats=stats, repeat=repeat, recorded=recorded,
+                                       limits=limits),
                         GENERATOR_CHUNK),
         output_signature=tf.TensorSpec([None], tf.string),
     )

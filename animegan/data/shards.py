@@ -18,6 +18,13 @@ sequentially anyway.
 Reading does not parse tar at all: the manifest records each image's data offset
 and size, so a worker fetches the byte range of its run of images in a few large
 requests and slices the images out.
+
+A manifest is read from storage others can write to, so it is untrusted: a
+shard's name must be a plain file name in the pack's folder, every member must
+lie inside its shard, after the one before it, and every shard must have the
+size the manifest says (checked against storage when the pack is opened), or
+the pack is refused with a line naming what is wrong. Members larger than the
+source's byte limit are skipped without being fetched.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from animegan import storage
-from animegan.data.sources import PACK_MANIFEST, ImageSource, ReadResult, prefetched
+from animegan.data.sources import (DEFAULT_MAX_ITEM_BYTES, PACK_MANIFEST, ImageSource, Oversized, ReadResult,
+                                   prefetched)
 from animegan.retries import StorageError, call_with_retries
 
 FORMAT = "animegan-pack"
@@ -105,10 +113,43 @@ class Manifest:
         try:
             parameters = PackParameters(**{field.name: values[field.name]
                                            for field in dataclasses.fields(PackParameters)})
-            shards = [ShardInfo(**shard) for shard in values["shards"]]
+            shards = [checked_shard(shard, url) for shard in values["shards"]]
         except (KeyError, TypeError) as error:
             raise ValueError(f"pack manifest {url} is damaged: {error}") from None
         return cls(parameters, shards)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def checked_shard(values: Any, where: str) -> ShardInfo:
+    """A shard's record from a manifest (or a shard record) at `where`, refused unless it is safe to read.
+
+    Its name must stay in the pack's folder, and every member must lie inside the
+    shard, after the one before it (the reader slices members out of sequential reads).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"pack manifest {where} is damaged: a shard entry is not an object")
+    try:
+        shard = ShardInfo(**values)
+    except TypeError as error:
+        raise ValueError(f"pack manifest {where} is damaged: {error}") from None
+    storage.check_relative_name(shard.name, where, single=True)
+    if not _is_count(shard.bytes) or not isinstance(shard.members, list):
+        raise ValueError(f"pack manifest {where} is damaged: {shard.name} has no valid size or member list")
+    end = 0
+    for member in shard.members:
+        if not (isinstance(member, list) and len(member) == 3 and isinstance(member[0], str)
+                and _is_count(member[1]) and _is_count(member[2])):
+            raise ValueError(f"pack manifest {where} is damaged: {shard.name} lists a malformed member {member!r}")
+        name, offset, size = member
+        if offset < end or offset + size > shard.bytes:
+            raise ValueError(f"pack manifest {where} is damaged: {shard.name} member {name!r} at bytes "
+                             f"{offset}-{offset + size} overlaps the member before it or lies outside the "
+                             f"shard's {shard.bytes} bytes: refusing the pack")
+        end = offset + size
+    return shard
 
 
 def pack_folder(url: str) -> str:
@@ -197,12 +238,13 @@ class PackedSource(ImageSource):
     the current one is sliced into images.
     """
 
-    def __init__(self, url: str, chunk_bytes: int = READ_CHUNK_BYTES):
-        super().__init__(url)
+    def __init__(self, url: str, chunk_bytes: int = READ_CHUNK_BYTES, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES):
+        super().__init__(url, max_item_bytes)
         self.folder = pack_folder(url)
         self.manifest = load_manifest(url)
         self.chunk_bytes = chunk_bytes
         self.fs, _ = storage.filesystem(self.folder)
+        self._check_shard_sizes()
         self._paths = {shard.name: storage.filesystem(storage.join(self.folder, shard.name))[1]
                        for shard in self.manifest.shards}
         self._locations = {
@@ -210,6 +252,20 @@ class PackedSource(ImageSource):
             for shard in self.manifest.shards
             for index, (name, offset, size) in enumerate(shard.members)
         }
+
+    def _check_shard_sizes(self) -> None:
+        """Refuses a manifest whose shard sizes (and so its members' offsets) disagree with storage.
+
+        One listing of the folder. A missing shard is left to the read, which names it.
+        """
+        sizes = call_with_retries(lambda: storage.file_sizes(self.folder), what=f"listing {self.folder}",
+                                  url=self.folder)
+        for shard in self.manifest.shards:
+            actual = sizes.get(shard.name)
+            if actual is not None and actual != shard.bytes:
+                raise ValueError(f"pack manifest {storage.join(self.folder, PACK_MANIFEST)} says {shard.name} has "
+                                 f"{shard.bytes} bytes, but it has {actual}: the pack is damaged; run `animegan "
+                                 f"data pack` again to repair it")
 
     def describe(self) -> str:
         return f"{self.url} ({self.manifest.images} images in {len(self.manifest.shards)} shards)"
@@ -240,6 +296,11 @@ class PackedSource(ImageSource):
                 previous = None
                 continue
             shard, index, offset, size = location
+            if size > self.max_item_bytes:
+                # Never fetched: a span of its own that read() reports as oversized.
+                spans.append(("", [(item, offset, size)]))
+                previous = None
+                continue
             if previous == (shard, index - 1):
                 spans[-1][1].append((item, offset, size))
             else:
@@ -260,7 +321,9 @@ class PackedSource(ImageSource):
         try:
             for shard, members in spans:
                 if not shard:
-                    yield members[0][0], KeyError(f"{members[0][0]} is not in the pack at {self.folder}")
+                    item, _, size = members[0]
+                    yield item, (KeyError(f"{item} is not in the pack at {self.folder}") if size is None
+                                 else Oversized(size, self.max_item_bytes, "pack entry"))
                     continue
                 # `buffer` holds the run's bytes [buffer_start, buffer_start + len(buffer)).
                 buffer, buffer_start = b"", members[0][1]

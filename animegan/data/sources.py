@@ -7,6 +7,11 @@ workdir and split between workers by rank.
 Sources: a folder or glob (local or any fsspec URL, e.g. gs://bucket/prefix), a
 zip archive read in place, and packed shards (animegan.data.shards), which
 `open_source` recognises by their manifest.
+
+Every source is untrusted: an item larger than `max_item_bytes` (a file, a zip
+member by its declared size, a pack entry by its manifest size) is never read
+whole; it is reported as `Oversized` instead of its bytes and skipped like an
+unreadable image.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import zipfile
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from animegan import storage
+from animegan.config import TrainConfig
 from animegan.retries import call_with_retries, is_transient
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
@@ -34,6 +40,8 @@ DEFAULT_CONCURRENCY = 32
 EMULATOR_CONCURRENCY = 4
 # Objects per fetch round: enough to keep every connection busy, few enough to start quickly.
 OBJECTS_PER_CONCURRENT_REQUEST = 8
+
+DEFAULT_MAX_ITEM_BYTES = TrainConfig.max_image_bytes
 
 ReadResult = tuple[str, "bytes | Exception"]
 Request = TypeVar("Request")
@@ -107,11 +115,31 @@ def prefetched(function: Callable[[Request], Result], requests: Iterable[Request
 _END = object()
 
 
+class Unread(ValueError):
+    """An item the source refused to read; its message is the whole reason."""
+
+
+class Oversized(Unread):
+    """An item larger than the source's byte limit, left unread."""
+
+    def __init__(self, size: int | None, limit: int, what: str = "file"):
+        amount = f"{size:,} bytes" if size is not None else f"more than {limit:,} bytes"
+        super().__init__(f"{what} of {amount}, above the limit of {limit:,} (--max-image-bytes); not read")
+
+
+def failure_reason(error: Exception) -> str:
+    """Why an item could not be read, as a skipped image's reason."""
+    if isinstance(error, Unread):
+        return str(error)
+    return f"read failed: {type(error).__name__}: {error}"
+
+
 class ImageSource(abc.ABC):
     """Encoded images behind a URL."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES):
         self.url = url
+        self.max_item_bytes = max_item_bytes
 
     @abc.abstractmethod
     def list_items(self) -> list[str]:
@@ -136,8 +164,8 @@ class ImageSource(abc.ABC):
 class FileSource(ImageSource):
     """A folder (searched recursively) or a glob, local or on any fsspec filesystem."""
 
-    def __init__(self, url: str, concurrency: int | None = None):
-        super().__init__(url)
+    def __init__(self, url: str, concurrency: int | None = None, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES):
+        super().__init__(url, max_item_bytes)
         self.fs, self.path = storage.filesystem(url)
         self.concurrency = concurrency or read_concurrency()
         self.local = storage.is_local(url)
@@ -159,12 +187,31 @@ class FileSource(ImageSource):
             raise ValueError(f"{self.url} is a file, not a folder of images, a .zip archive or a pack manifest")
         return self.fs.find(self.path)
 
+    def _outside(self, item: str) -> bool:
+        """Whether an item lies outside the folder (or the glob's folder): items come back from the
+        workdir's data-index.json, which whoever can write to the workdir can edit."""
+        root = self.path
+        if GLOB_CHARACTERS & set(root):
+            root = root[:min(root.index(character) for character in GLOB_CHARACTERS if character in root)]
+            root = root.rsplit("/", 1)[0]
+        prefix = root.rstrip("/") + "/"
+        return not item.startswith(prefix) or ".." in item[len(prefix):].split("/")
+
+    def _refusal(self) -> Unread:
+        return Unread(f"not inside {self.url}: refusing to read it")
+
     def read(self, items: Sequence[str]) -> Iterator[ReadResult]:
         if self.local:
             for item in items:
+                if self._outside(item):
+                    yield item, self._refusal()
+                    continue
                 try:
                     with open(item, "rb") as file:
-                        yield item, file.read()
+                        data = file.read(self.max_item_bytes + 1)
+                        if len(data) > self.max_item_bytes:
+                            data = Oversized(os.fstat(file.fileno()).st_size, self.max_item_bytes)
+                    yield item, data
                 except OSError as error:
                     yield item, error
             return
@@ -174,16 +221,23 @@ class FileSource(ImageSource):
         rounds = [items[start:start + size] for start in range(0, len(items), size)]
         for paths, results in zip(rounds, prefetched(self._fetch, rounds)):
             for item in paths:
-                yield item, results.get(item, FileNotFoundError(item))
+                data = results.get(item, FileNotFoundError(item))
+                if isinstance(data, bytes) and len(data) > self.max_item_bytes:
+                    data = Oversized(None, self.max_item_bytes)
+                yield item, data
 
     def _fetch(self, paths: Sequence[str]) -> dict:
         """Bytes (or the error) of each path; objects failing transiently are fetched again."""
-        results: dict = {}
-        failing = list(paths)
+        results: dict = {path: self._refusal() for path in paths if self._outside(path)}
+        failing = [path for path in paths if path not in results]
+        if not failing:
+            return results
 
         def fetch_failing() -> None:
             nonlocal failing
-            results.update(self.fs.cat(failing, on_error="return", batch_size=self.concurrency))
+            # A range request: an object past the byte limit is never fetched whole.
+            results.update(self.fs.cat(failing, on_error="return", batch_size=self.concurrency,
+                                       end=self.max_item_bytes + 1))
             failing = [path for path in failing if is_transient(results.get(path))]
             if failing:
                 raise results[failing[0]]
@@ -199,8 +253,8 @@ class FileSource(ImageSource):
 class ZipSource(ImageSource):
     """A zip archive read in place (Kaggle's archive.zip as downloaded), local or remote."""
 
-    def __init__(self, url: str):
-        super().__init__(url)
+    def __init__(self, url: str, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES):
+        super().__init__(url, max_item_bytes)
         self.fs, self.path = storage.filesystem(url)
 
     def _open(self) -> zipfile.ZipFile:
@@ -222,7 +276,15 @@ class ZipSource(ImageSource):
         with self._open() as archive:
             for item in items:
                 try:
-                    yield item, archive.read(item)
+                    info = archive.getinfo(item)
+                    if info.file_size > self.max_item_bytes:
+                        # A zip bomb's members declare their size; a member whose data inflates past
+                        # its declared size is cut there by zipfile and fails its CRC check.
+                        yield item, Oversized(info.file_size, self.max_item_bytes, "zip member")
+                        continue
+                    with archive.open(info) as member:
+                        data = member.read(self.max_item_bytes + 1)
+                    yield item, data
                 except (KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
                     yield item, error
 
@@ -232,21 +294,23 @@ PACK_MANIFEST = "manifest.json"
 PACK_SHARD_NAME = re.compile(r"shard-\d{5,}\.tar")
 
 
-def open_source(url: str) -> ImageSource:
+def open_source(url: str, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> ImageSource:
     """The source for a URL: a .zip archive, a glob, packed shards (their manifest or its folder),
-    or a folder / bucket prefix of image files."""
+    or a folder / bucket prefix of image files. Items above `max_item_bytes` are never read."""
     if not url:
         raise ValueError("the data URL is empty")
-    _, path = storage.split_protocol(url)
+    protocol, path = storage.split_protocol(url)
+    if protocol in ("http", "https"):
+        path = path.split("#", 1)[0].split("?", 1)[0]  # a query string (a signed URL) is not a glob
     if GLOB_CHARACTERS & set(path):
-        return FileSource(url)
+        return FileSource(url, max_item_bytes=max_item_bytes)
     if path.lower().endswith(".zip"):
-        return ZipSource(url)
+        return ZipSource(url, max_item_bytes=max_item_bytes)
     if _is_pack(url):
         from animegan.data.shards import PackedSource
 
-        return PackedSource(url)
-    return FileSource(url)
+        return PackedSource(url, max_item_bytes=max_item_bytes)
+    return FileSource(url, max_item_bytes=max_item_bytes)
 
 
 def _is_pack(url: str) -> bool:

@@ -91,7 +91,7 @@ def choose_reference(data_url: str, index, num_real: int | None = None,
     from animegan.data.sources import list_images, open_source
 
     data_url = storage.absolute(data_url)
-    same_source = index is not None and index.source == data_url
+    same_source = index is not None and storage.redact(index.source) == storage.redact(data_url)
     if same_source and index.holdout:
         items = sample_items(index.holdout, num_real, seed)
         return (Reference(data_url, tuple(items), f"{len(items)} held-out images of {data_url} (never trained on)"),

@@ -21,6 +21,8 @@ import tensorflow as tf
 
 from animegan import losses, precision
 from animegan.config import TrainConfig, parse_diffaugment
+from animegan.data.augment import Augmentation, augment_batch
+from animegan.data.pipeline import to_unit_range
 from animegan.diffaugment import diff_augment
 from animegan.models import build_discriminator, build_generator
 
@@ -126,20 +128,30 @@ def replica_noise(step: tf.Tensor, stream: int, seed: int, global_batch: int, no
 
 
 def augmentation_seeds(step: tf.Tensor, seed: int, count: int) -> tf.Tensor:
-    """[count, 2] stateless seeds for this (step, replica): the discriminator's input transforms."""
+    """[count, 2] stateless seeds for this (step, replica): the real images' and D's input transforms."""
     context = tf.distribute.get_replica_context()
     replica_id = tf.cast(context.replica_id_in_sync_group, tf.int64) if context else tf.constant(0, tf.int64)
     base = tf.stack([tf.cast(seed, tf.int64) + 1_000_003 * (replica_id + 1), tf.cast(step, tf.int64)])
     return tf.random.experimental.stateless_split(base, num=count)
 
 
+def prepare_real_images(pixels: tf.Tensor, seed: tf.Tensor, augmentation: Augmentation) -> tf.Tensor:
+    """Pixels (uint8, or float in [0, 255]) -> augmented float32 images in [-1, 1].
+
+    The host hands over uint8 pixels (a quarter of float32's bytes to copy);
+    scaling and augmentation run in the step, on the accelerator.
+    """
+    return to_unit_range(augment_batch(tf.cast(pixels, tf.float32), seed, augmentation))
+
+
 def make_train_step(state: GANState, config: TrainConfig,
                     strategy: tf.distribute.Strategy) -> Callable[[object], tf.Tensor]:
-    """A compiled step: distributed batch of real images -> reduced metrics [len(STEP_METRICS)]."""
+    """A compiled step: distributed batch of real uint8 pixels -> reduced metrics [len(STEP_METRICS)]."""
     global_batch = config.batch_size
     real_label = 1.0 - config.label_smoothing
     generator, discriminator = state.generator, state.discriminator
     policy = parse_diffaugment(config.diffaugment)
+    augmentation = Augmentation(config.flip, config.rotation, config.shift)
     r1_weight = config.r1_gamma / 2.0 * config.r1_every  # lazy: every r1_every steps, weighted by the interval
 
     def average(per_example: tf.Tensor) -> tf.Tensor:
@@ -184,25 +196,27 @@ def make_train_step(state: GANState, config: TrainConfig,
         gradients = precision.agree_on_finiteness(gradients, optimizer)
         optimizer.apply_gradients(zip(gradients, variables))
 
-    def replica_step(real_images: tf.Tensor) -> tf.Tensor:
-        local_batch = tf.shape(real_images)[0]
+    def replica_step(pixels: tf.Tensor) -> tf.Tensor:
+        local_batch = tf.shape(pixels)[0]
         step = state.step.read_value()
-        seeds = augmentation_seeds(step, config.seed, 3)
+        seeds = augmentation_seeds(step, config.seed, 4)
+        real_images = prepare_real_images(pixels, seeds[0], augmentation)
 
         noise = replica_noise(step, 0, config.seed, global_batch, config.noise_dim, local_batch)
         if config.r1_gamma > 0:
             # Both branches hold no collective op, so replicas may take them freely; all take the same.
             d_loss, gradients, real_logits, fake_logits = tf.cond(
                 step % config.r1_every == 0,
-                lambda: discriminator_gradients(real_images, noise, seeds, True),
-                lambda: discriminator_gradients(real_images, noise, seeds, False))
+                lambda: discriminator_gradients(real_images, noise, seeds[1:3], True),
+                lambda: discriminator_gradients(real_images, noise, seeds[1:3], False))
         else:
-            d_loss, gradients, real_logits, fake_logits = discriminator_gradients(real_images, noise, seeds, False)
+            d_loss, gradients, real_logits, fake_logits = discriminator_gradients(real_images, noise, seeds[1:3],
+                                                                                  False)
         apply(state.discriminator_optimizer, gradients, discriminator.trainable_variables)
 
         # The generator is scored by the discriminator just updated, on fresh noise.
         noise = replica_noise(step, 1, config.seed, global_batch, config.noise_dim, local_batch)
-        g_loss, gradients = generator_gradients(noise, seeds[2])
+        g_loss, gradients = generator_gradients(noise, seeds[3])
         apply(state.generator_optimizer, gradients, generator.trainable_variables)
 
         d_real = average(tf.sigmoid(tf.reshape(tf.cast(real_logits, tf.float32), [-1])))

@@ -90,7 +90,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from animegan import checkpoint as checkpoints
     from animegan import storage
-    from animegan.data.augment import Augmentation
     from animegan.data.decode import ImageLimits
     from animegan.data.index import DataIndex
     from animegan.data.pipeline import DataPosition, ReadStats, next_batch, to_uint8, training_dataset
@@ -136,13 +135,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if latest is None:
         epoch, skip_items = 0, 0
     stats = ReadStats()
-    augmentation = Augmentation(config.flip, config.rotation, config.shift)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return training_dataset(
             source, index.items,
             batch_size=input_context.get_per_replica_batch_size(config.batch_size),
-            rank=rank, world_size=world_size, seed=config.seed, augmentation=augmentation,
+            rank=rank, world_size=world_size, seed=config.seed,
             position=DataPosition(epoch, skip_items), stats=stats, limits=ImageLimits.of(config),
         )
 

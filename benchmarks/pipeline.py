@@ -103,14 +103,13 @@ def imagedatagenerator_batches(folder: Path) -> Iterator:
 
 
 def pipeline_batches(url: str) -> Iterator:
-    from animegan.data.augment import Augmentation
     from animegan.data.pipeline import training_dataset
     from animegan.data.sources import list_images, open_source
 
     source = open_source(url)
     items = list_images(source)
-    dataset = training_dataset(source, items, batch_size=BATCH_SIZE, seed=0,
-                               augmentation=Augmentation(FLIP, ROTATION, SHIFT))
+    # uint8 pixels: the training step augments them on the device.
+    dataset = training_dataset(source, items, batch_size=BATCH_SIZE, seed=0)
     return iter(dataset)
 
 
@@ -138,7 +137,7 @@ def train_step_batches() -> Iterator:
     with strategy.scope():
         state = build_state(config)
     step = make_train_step(state, config, strategy)
-    real = tf.random.uniform([config.batch_size, 64, 64, 3], -1.0, 1.0, seed=0)
+    real = tf.cast(tf.random.uniform([config.batch_size, 64, 64, 3], 0, 256, tf.int32, seed=0), tf.uint8)
     while True:
         step(real).numpy()  # .numpy() waits for the step to finish
         yield config.batch_size

@@ -76,17 +76,17 @@ def _model_config(args, batch: int, **changes):
 
 
 def _real_batch(batch: int):
-    """One batch of real faces in [-1, 1] (random pixels without the archive): what the step trains on."""
+    """One batch of real faces, uint8 (random pixels without the archive): what the step trains on."""
     import numpy as np
     from PIL import Image
 
     if not REAL_FACES.exists():
-        return np.random.default_rng(0).uniform(-1, 1, (batch, 64, 64, 3)).astype(np.float32)
+        return np.random.default_rng(0).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
     with zipfile.ZipFile(REAL_FACES) as archive:
         names = sorted(name for name in archive.namelist() if name.endswith(".jpg"))[:batch]
         images = [np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB").resize((64, 64)))
                   for name in names]
-    return (np.stack(images).astype(np.float32) / 127.5 - 1.0)
+    return np.stack(images)
 
 
 def _time_windows(run_steps, args, batch: int) -> list[float]:
@@ -112,13 +112,11 @@ def measure_single_process(args, batch: int) -> dict:
     state = build_state(config)
     step = make_train_step(state, config, tf.distribute.get_strategy())
     if pipeline:
-        from animegan.data.augment import Augmentation
         from animegan.data.sources import list_images, open_source
         from animegan.data.pipeline import training_dataset
 
         source = open_source(str(REAL_FACES))
-        dataset = training_dataset(source, list_images(source), batch_size=batch,
-                                   augmentation=Augmentation(config.flip, config.rotation, config.shift))
+        dataset = training_dataset(source, list_images(source), batch_size=batch)
     else:
         dataset = tf.data.Dataset.from_tensors(tf.constant(_real_batch(batch))).repeat()
     batches = iter(dataset)
@@ -141,7 +139,8 @@ def measure_keras_reference(args, batch: int) -> dict:
 
     config = _model_config(args, batch)
     gan = build_reference(config)
-    dataset = tf.data.Dataset.from_tensors(tf.constant(_real_batch(batch))).repeat()
+    # The reference trains on float images in [-1, 1], as keras-io's does.
+    dataset = tf.data.Dataset.from_tensors(tf.constant(_real_batch(batch), tf.float32) / 127.5 - 1.0).repeat()
     marks: list[float] = []
 
     class Clock(keras.callbacks.Callback):

@@ -16,10 +16,11 @@ import tensorflow as tf
 from animegan import checkpoint as checkpoints
 from animegan.config import PRECISIONS, TrainConfig
 from animegan.gan import build_state, make_train_step
+from tests.support.images import random_pixels
 from animegan.workdir import RunLayout
 
 TINY = TrainConfig(noise_dim=16, generator_width=8, discriminator_width=8, batch_size=8)
-IMAGES = tf.random.stateless_uniform([8, 64, 64, 3], seed=[0, 1], minval=-1, maxval=1)
+IMAGES = random_pixels([0, 1])
 
 
 def _train(config: TrainConfig, steps: int):
@@ -139,8 +140,8 @@ TWO_REPLICAS_OVERFLOW = textwrap.dedent("""
     for optimizer in [state.generator_optimizer, state.discriminator_optimizer]:
         optimizer.dynamic_scale.assign(64.0)  # low enough that the clean replica does not overflow
     step = make_train_step(state, config, strategy)
-    # The second replica's half of the batch overflows; the first's is fine.
-    images = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype(np.float32)
+    # The second replica's half of the batch overflows; the first's is fine. (Pixels may be float in [0, 255].)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 64, 64, 3)).astype(np.float32)
     images[4:] = np.nan
     before = state.discriminator.get_layer("down2").kernel.numpy().copy()
     dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(images).repeat())

@@ -1,4 +1,7 @@
-"""The per-worker training pipeline: shard, shuffle, read, decode, batch, augment, prefetch.
+"""The per-worker training pipeline: shard, shuffle, read, decode, batch, prefetch.
+
+It hands uint8 pixels to the training step, which scales and augments them on
+the accelerator (animegan/gan.py): the host only reads, decodes and batches.
 
 The job shards the data itself (by Ray Train rank), so tf.data's own
 auto-sharding is switched off: left on, each worker would see a fraction of a
@@ -25,7 +28,6 @@ import numpy as np
 import tensorflow as tf
 
 from animegan import storage
-from animegan.data.augment import Augmentation, augment_batch
 from animegan.data.decode import ImageLimits, decode_image, problem_with
 from animegan.data.sources import ImageSource, ReadResult, failure_reason
 
@@ -198,14 +200,13 @@ def training_dataset(
     rank: int = 0,
     world_size: int = 1,
     seed: int = 0,
-    augmentation: Augmentation = Augmentation(),
     position: DataPosition = DataPosition(),
     stats: ReadStats | None = None,
     repeat: bool = True,
     recorded: bool = True,
     limits: ImageLimits = ImageLimits(),
 ) -> tf.data.Dataset:
-    """Batches of float32 [batch_size, 64, 64, 3] images in [-1, 1] for one worker."""
+    """Batches of uint8 [batch_size, 64, 64, 3] images for one worker, not yet augmented."""
     if items_per_worker(len(items), world_size) < batch_size:
         raise ValueError(
             f"{len(items)} images cannot fill a batch of {batch_size} on each of {world_size} workers; "
@@ -238,13 +239,6 @@ def training_dataset(
     )
     # Drop the remainder: every replica step needs a full, equal batch.
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    # Augment whole batches (one vectorised transform per batch), with a seed per batch.
-    batch_seeds = tf.data.Dataset.random(seed=seed * 7919 + rank).batch(2, drop_remainder=True)
-    dataset = tf.data.Dataset.zip((dataset, batch_seeds))
-    dataset = dataset.map(
-        lambda images, batch_seed: to_unit_range(augment_batch(images, batch_seed, augmentation)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
     options = tf.data.Options()

@@ -63,7 +63,7 @@ def read_images(source: ImageSource, items: Sequence[str]) -> tuple[np.ndarray, 
     dataset = dataset.map(decode_image, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.batch(256).prefetch(tf.data.AUTOTUNE)
-    batches = [np.clip(np.rint(batch.numpy()), 0, 255).astype(np.uint8) for batch in dataset]
+    batches = [batch.numpy() for batch in dataset]
     images = np.concatenate(batches) if batches else np.zeros((0, 64, 64, 3), np.uint8)
     return images, skipped
 

@@ -8,6 +8,14 @@ import numpy as np
 from PIL import Image
 
 
+def random_pixels(seed: list[int], count: int = 8):
+    """A uint8 tf batch [count, 64, 64, 3] of uniform noise pixels: what the training step takes."""
+    import tensorflow as tf
+
+    values = tf.random.stateless_uniform([count, 64, 64, 3], seed=seed, minval=0, maxval=256, dtype=tf.int32)
+    return tf.cast(values, tf.uint8)
+
+
 def pattern(width: int = 64, height: int = 64, seed: int = 0) -> np.ndarray:
     """A uint8 RGB picture with structure (gradients and a square), not just noise."""
     rng = np.random.default_rng(seed)

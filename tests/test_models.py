@@ -58,3 +58,37 @@ def test_weights_start_from_n_0_002_and_depend_on_the_seed():
     other = build_generator(config.replace(seed=1)).get_layer("up1").kernel.numpy()
     assert np.array_equal(kernel, same)
     assert not np.array_equal(kernel, other)
+
+
+def test_seed_notebook_preset_is_the_reference_recipe_layer_for_layer():
+    """--preset seed-notebook builds exactly the networks of benchmarks/seed_reference.py."""
+    import sys
+
+    from tests.conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import seed_reference
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    config = TrainConfig.from_dict({"preset": "seed-notebook"})
+
+    def layout(model):
+        return [(type(layer).__name__, layer.count_params(), tuple(layer.output.shape[1:]),
+                 getattr(layer, "use_bias", None), getattr(getattr(layer, "activation", None), "__name__", None))
+                for layer in model.layers]
+
+    assert layout(build_generator(config)) == layout(seed_reference.build_seed_generator(config.noise_dim))
+    assert layout(build_discriminator(config)) == layout(seed_reference.build_seed_discriminator())
+    assert build_generator(config).count_params() == seed_reference.build_seed_generator().count_params()
+
+
+def test_discriminator_options_change_only_what_they_name():
+    base = TrainConfig(noise_dim=16, generator_width=8, discriminator_width=8)
+    spectral = build_discriminator(base.replace(spectral_norm=True, discriminator_batch_norm=False))
+    kinds = [type(layer).__name__ for layer in spectral.layers]
+    assert kinds.count("SpectralConv2D") == 4 and "BatchNormalization" not in kinds
+    with_std = build_discriminator(base.replace(minibatch_std=4))
+    # One extra input channel for the last convolution (4x4 kernel, 8w outputs): 16 x 8w more weights.
+    assert with_std.count_params() - build_discriminator(base).count_params() == 16 * 8 * 8
+    assert with_std.get_layer("minibatch_std").output.shape[-1] == 4 * 8 + 1

@@ -61,8 +61,9 @@ def test_one_worker_run_writes_every_artifact(tiny_run):
     checkpoints = list_checkpoints(str(workdir / "checkpoints"))
     assert [step for step, _ in checkpoints] == [60, 30]
     state = read_state(checkpoints[0][1])
-    assert state["step"] == 60 and state["model"] == {"noise_dim": 16, "generator_width": 8,
-                                                      "discriminator_width": 8}
+    assert state["step"] == 60 and state["model"] == {
+        "noise_dim": 16, "generator_width": 8, "discriminator_width": 8, "architecture": "dcgan",
+        "spectral_norm": False, "discriminator_batch_norm": True, "minibatch_std": 0}
     assert {"generator.weights.h5", "discriminator.weights.h5", "ema_generator.weights.h5", "optimizers.npz",
             "fixed_noise.npy"} <= set(state["files"])
 

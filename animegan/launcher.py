@@ -115,8 +115,11 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
     from animegan.tf_backend import MultiWorkerConfig
     from animegan.tracking import driver_environment
     from animegan.training import train_loop_per_worker
+    from animegan.watchdog import ray_settings
     from animegan.workdir import CHECKPOINTS
 
+    # Ray Train's controller takes its barrier timeout from the driver's environment when fit() starts it.
+    os.environ.update(ray_settings(config.collective_timeout))
     storage_filesystem, storage_path = storage.pyarrow_filesystem(layout.workdir)
     resources = {"CPU": config.cpus_per_worker}
     if config.gpus_per_worker:

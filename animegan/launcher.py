@@ -148,7 +148,19 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
 
 def run_training(config: TrainConfig, *, address: str | None = None, restart: bool = False,
                  log=print) -> TrainOutcome:
-    """Runs (or resumes; with restart=True, starts over) a training job and says where its results are."""
+    """Runs (or resumes; with restart=True, starts over) a training job and says where its results are.
+
+    The run holds the workdir's lease (animegan/lease.py) from before it writes or
+    moves anything there until it ends: a second run on a live workdir is refused.
+    """
+    from animegan.lease import held
+
+    config = config.replace(workdir=storage.absolute(config.workdir or default_workdir()))
+    with held(config.workdir, log=log):
+        return _run_training(config, address=address, restart=restart, log=log)
+
+
+def _run_training(config: TrainConfig, *, address: str | None, restart: bool, log) -> TrainOutcome:
     import ray
 
     from animegan.startup import StartupClock

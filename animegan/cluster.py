@@ -27,15 +27,21 @@ DEFAULT_DASHBOARD_PORT = 8265
 _FORWARDED_PREFIXES = ("STORAGE_EMULATOR_HOST", "GCSFS_", "WANDB_", "ANIMEGAN_", "GOOGLE_")
 
 
-# Never put secrets into a runtime env: Ray shows runtime envs on its dashboard. Local workers
-# inherit them from the driver's process environment through the raylet anyway.
+# Never put secrets into a runtime env: Ray shows runtime envs on its dashboard, in `ray job list`
+# and in its jobs API. Local workers inherit them from the driver's process environment through
+# the raylet anyway; a cluster's nodes get them from the cluster (README, "Weights & Biases").
 _SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential (WANDB_API_KEY, ..._TOKEN, ...)."""
+    return any(marker in name.upper() for marker in _SECRET_MARKERS)
 
 
 def worker_env() -> dict[str, str]:
     env = {key: os.environ.get(key, value) for key, value in WORKER_ENV_DEFAULTS.items()}
     env.update({key: value for key, value in os.environ.items()
-                if key.startswith(_FORWARDED_PREFIXES) and not any(marker in key for marker in _SECRET_MARKERS)})
+                if key.startswith(_FORWARDED_PREFIXES) and not is_secret_name(key)})
     return env
 
 

@@ -110,11 +110,11 @@ class StepWatchdog:
         if isinstance(error, CollectiveTimeout):
             return None
         where = (f"worker {self.rank}: step {self.current_step}" if self.current_step is not None
-                 else f"worker {self.rank}: before the first step")
+                 else f"worker {self.rank}, before its first step,")
         restart = "Ray Train restarts the worker group from the latest checkpoint while --max-failures allows"
         if self._expired is not None:
             return CollectiveTimeout(f"{self._expired}; {restart}")
-        if type(error).__name__ == "BroadcastCollectiveTimeoutError":  # Ray Train's barrier timed out
+        if _is_ray_barrier_timeout(error):
             return CollectiveTimeout(f"{where} waited more than {self.timeout_seconds:g} s (--collective-timeout) "
                                      f"for the other workers in Ray Train's report barrier: one is stuck or gone; "
                                      f"{restart}")
@@ -149,6 +149,16 @@ def _abort_collectives(message: str) -> None:
     from tensorflow.python.framework import errors
 
     context.context().abort_collective_ops(errors.DEADLINE_EXCEEDED, message)
+
+
+def _is_ray_barrier_timeout(error: BaseException) -> bool:
+    """Ray Train's timeout in its barriers, as raised (wrapped by ray.get as RayTaskError(...), or not)."""
+    for candidate in (error, getattr(error, "cause", None)):
+        # By name: the class lives in Ray Train's internals, which may move.
+        if candidate is not None and any(cls.__name__ == "BroadcastCollectiveTimeoutError"
+                                         for cls in type(candidate).__mro__):
+            return True
+    return False
 
 
 def _is_aborted_collective(error: BaseException) -> bool:

@@ -62,6 +62,39 @@ def test_ray_train_still_takes_its_barrier_timeout_from_the_variable_animegan_se
     assert ray_settings(90.0) == {RAY_COLLECTIVE_TIMEOUT_VARIABLE: "90"}
 
 
+def test_each_guard_ends_in_one_collective_timeout_naming_the_worker_and_the_step():
+    """The errors as Ray and TensorFlow raise them (real exception objects, no Ray run needed)."""
+    import tensorflow as tf
+    from ray.exceptions import RayTaskError
+    from ray.train.v2._internal.exceptions import BroadcastCollectiveTimeoutError
+
+    from animegan.watchdog import StepWatchdog
+
+    watchdog = StepWatchdog(90, rank=1)
+    assert watchdog.explain(ValueError("bad input")) is None
+    before = watchdog.explain(BroadcastCollectiveTimeoutError(91.0, [0], 90.0))
+    assert str(before).startswith("worker 1, before its first step, waited more than 90 s")
+    with watchdog.step(42):
+        pass
+    restart = "Ray Train restarts the worker group from the latest checkpoint while --max-failures allows"
+    # Ray Train's report barrier timed out; ray.get raises it wrapped in a RayTaskError subclass.
+    barrier = RayTaskError("broadcast_from_rank_zero", "Traceback ...",
+                           BroadcastCollectiveTimeoutError(91.0, [0], 90.0)).as_instanceof_cause()
+    assert str(watchdog.explain(barrier)) == (
+        f"worker 1: step 42 waited more than 90 s (--collective-timeout) for the other workers in Ray Train's "
+        f"report barrier: one is stuck or gone; {restart}")
+    # TensorFlow's coordination service saw a worker stop sending heartbeats and aborted the collectives.
+    heartbeat = tf.errors.UnavailableError(None, None, (
+        "Graph execution error:\n\n{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/"
+        "replica:0/task:1/device:CPU:0}} Collective ops is aborted by: Error reported from /job:worker/task:0: The "
+        "following tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:0\nThe tasks have "
+        "crashed. Check the task logs for an earlier error."))
+    assert str(watchdog.explain(heartbeat)) == (
+        f"worker 1: step 42 could not finish: worker 0 stopped sending TensorFlow's heartbeats; {restart}")
+    # A TensorFlow error that is not about the collectives stays what it is.
+    assert watchdog.explain(tf.errors.InvalidArgumentError(None, None, "bad image")) is None
+
+
 def test_a_worker_stuck_in_its_own_read_aborts_its_collectives_then_exits_with_the_step(tmp_path):
     pipe = tmp_path / "image.png"
     os.mkfifo(pipe)

@@ -100,6 +100,7 @@ class WorkdirLease:
         self.log = log
         self.heartbeat_seconds = heartbeat_seconds
         self.lost = False
+        self.made_workdir = False  # a local folder that did not exist before this lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -113,6 +114,7 @@ class WorkdirLease:
                 start_heartbeat: bool = True) -> "WorkdirLease":
         """Takes the workdir's lease, or raises WorkdirInUse naming the live holder and its heartbeat's age."""
         folder = storage.join(workdir, LEASE_FOLDER)
+        new_local_folder = storage.is_local(workdir) and not os.path.exists(storage.absolute(workdir))
         for _ in range(_CLAIM_ATTEMPTS):
             current = current_holder(workdir)
             number = 1
@@ -128,6 +130,7 @@ class WorkdirLease:
             except FileExistsError:
                 continue  # another run claimed this number first: look again at what it holds
             lease = cls(workdir, number, record, log=log, heartbeat_seconds=heartbeat_seconds)
+            lease.made_workdir = new_local_folder
             for name in storage.list_dir(folder):
                 match = _NAME.match(name)
                 if match and int(match.group(1)) < number:
@@ -158,16 +161,30 @@ class WorkdirLease:
         return True
 
     def release(self) -> None:
-        """Stops the heartbeat and marks the lease released, so the next run takes it at once."""
+        """Stops the heartbeat and marks the lease released, so the next run takes it at once.
+
+        A run that wrote nothing (bad input found after the lease was taken) leaves no
+        trace: when the workdir holds only this lease, the lease goes, and so does a
+        local folder that the lease made.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self.lost:
             return
         current = current_holder(self.workdir)
-        if current is not None and current.number == self.number and current.record.get("id") == self.record["id"]:
-            self.record = {**self.record, "heartbeat": time.time(), "released": True}
-            storage.write_bytes(self.url, _encode(self.record))
+        if current is None or current.number != self.number or current.record.get("id") != self.record["id"]:
+            return
+        folder = storage.join(self.workdir, LEASE_FOLDER)
+        if storage.list_dir(self.workdir) == [LEASE_FOLDER] and storage.list_dir(folder) == [f"{self.number:08d}.json"]:
+            storage.remove(self.url)
+            if storage.is_local(self.workdir):
+                os.rmdir(storage.absolute(folder))
+                if self.made_workdir:
+                    os.rmdir(storage.absolute(self.workdir))
+            return
+        self.record = {**self.record, "heartbeat": time.time(), "released": True}
+        storage.write_bytes(self.url, _encode(self.record))
 
     def _beat_until_stopped(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):

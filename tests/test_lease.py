@@ -147,6 +147,7 @@ def test_of_runs_starting_at_the_same_instant_exactly_one_wins(workdir, previous
 
 
 def test_a_holder_that_was_taken_over_says_so_and_leaves_the_new_lease_alone(workdir):
+    storage.write_text(f"{workdir}/metrics.jsonl", "")  # the runs write there: their leases stay, released
     first_messages: list[str] = []
     first = WorkdirLease.acquire(workdir, log=first_messages.append, start_heartbeat=False)
     assert first.beat()
@@ -171,3 +172,11 @@ def test_a_holder_that_was_taken_over_says_so_and_leaves_the_new_lease_alone(wor
     with held(workdir, log=messages.append) as third:
         assert third.number == 3 and messages == []  # a released lease is taken without a word
     assert current_holder(workdir).record["released"] is True
+
+
+def test_a_run_that_wrote_nothing_leaves_no_trace(workdir):
+    # Bad input found after the lease was taken (the command line's checks of --data, say).
+    with pytest.raises(ValueError, match="no such data"):
+        with held(workdir, log=lambda message: None):
+            raise ValueError("no such data")
+    assert storage.list_dir(workdir) == [] and not storage.exists(workdir)

@@ -97,11 +97,15 @@ def forwarded_settings(environ: Mapping[str, str]) -> dict[str, str]:
     return settings
 
 
-def wandb_key_line(environ: Mapping[str, str]) -> str:
-    """One line: where the job will find its W&B key, or that it needs none. Never the key."""
-    mode = environ.get("WANDB_MODE", "")
+def wandb_key_line(env_vars: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """One line: where the job will find its W&B key, or that it needs none. Never the key.
+
+    `env_vars` are the job's (the runtime env file's and the forwarded settings): they, not
+    this shell, decide the job's WANDB_MODE. `environ` is this shell, whose key is not sent.
+    """
+    mode = env_vars.get("WANDB_MODE", "").lower()
     if mode in _KEYLESS_MODES:
-        return f"W&B: WANDB_MODE={mode} is forwarded: the job needs no W&B key"
+        return f"W&B: the job runs with WANDB_MODE={mode}: it needs no W&B key"
     unsent = "WANDB_API_KEY of this shell is not sent (a job's settings are public on the cluster); " \
         if environ.get("WANDB_API_KEY") else ""
     return (f"W&B: {unsent}the job reads WANDB_API_KEY on the cluster (cluster/local.sh: the shell that started "
@@ -188,6 +192,8 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
         runtime_env = load_runtime_env(args.runtime_env, pip=not args.no_pip, base_dir=base_dir)
         if args.print_runtime_env:
             print(json.dumps(runtime_env))
+            # On stderr: stdout is the JSON that `$(...)` captures. A key that used to ride along is missed here.
+            print(wandb_key_line(runtime_env.get("env_vars", {}), os.environ), file=sys.stderr)
             return 0
         check_entrypoint(entrypoint, runtime_env)
         client, job_id = _submit_or_explain(args.address, entrypoint, runtime_env, args.submission_id)
@@ -197,7 +203,7 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
     forwarded = sorted(set(runtime_env.get("env_vars", {})) & set(FORWARDED_ENV))
     print(f"Submitted {job_id} to {args.address}: {shlex.join(entrypoint)}\n"
           f"  forwarded settings: {', '.join(forwarded) or 'none'}\n"
-          f"  {wandb_key_line(os.environ)}\n"
+          f"  {wandb_key_line(runtime_env.get('env_vars', {}), os.environ)}\n"
           f"  logs: ray job logs --address {args.address} --follow {job_id}\n"
           f"  stop: ray job stop --address {args.address} {job_id}", flush=True)
     if args.no_wait:

@@ -58,9 +58,10 @@ class LocalHead:
     temp_dir: Path
     workspace: Path  # the current directory of every command: not the repository
 
-    def run(self, command: list[str], timeout: float = JOB_TIMEOUT) -> subprocess.CompletedProcess:
-        return subprocess.run(command, cwd=self.workspace, env=self.environment, capture_output=True, text=True,
-                              timeout=timeout)
+    def run(self, command: list[str], timeout: float = JOB_TIMEOUT,
+            environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=self.workspace, env=environment or self.environment, capture_output=True,
+                              text=True, timeout=timeout)
 
     def stop(self) -> subprocess.CompletedProcess:
         return self.run([LOCAL_SH, "stop"], timeout=120)
@@ -105,14 +106,17 @@ def test_runtime_env_takes_settings_from_the_shell_but_never_a_secret_and_leaves
 def test_submit_says_in_one_line_where_the_job_finds_its_wandb_key():
     from animegan.submission import wandb_key_line
 
-    with_key = wandb_key_line({"WANDB_API_KEY": "k" * 40})
+    shell = {"WANDB_API_KEY": "k" * 40}
+    with_key = wandb_key_line({"WANDB_PROJECT": "faces"}, shell)
     assert with_key == ("W&B: WANDB_API_KEY of this shell is not sent (a job's settings are public on the cluster); "
                         "the job reads WANDB_API_KEY on the cluster (cluster/local.sh: the shell that started the "
                         "head; GKE: the `wandb` Secret; cluster/gcp.yaml: Secret Manager's wandb-api-key), and logs "
                         "offline without it")
-    assert wandb_key_line({}).startswith("W&B: the job reads WANDB_API_KEY on the cluster (")
-    assert wandb_key_line({"WANDB_MODE": "offline", "WANDB_API_KEY": "k" * 40}) == (
-        "W&B: WANDB_MODE=offline is forwarded: the job needs no W&B key")
+    assert wandb_key_line({}, {}).startswith("W&B: the job reads WANDB_API_KEY on the cluster (")
+    # The job's mode decides (the runtime env file's, or the shell's forwarded over it), whatever the shell holds.
+    assert wandb_key_line({"WANDB_MODE": "Offline"}, shell) == (
+        "W&B: the job runs with WANDB_MODE=offline: it needs no W&B key")
+    assert wandb_key_line({"WANDB_MODE": "online"}, {**shell, "WANDB_MODE": "disabled"}) == with_key
 
 
 @pytest.mark.parametrize("content, message", [
@@ -346,13 +350,20 @@ def test_the_wandb_key_reaches_the_job_from_the_head_and_is_shown_nowhere(local_
              "print('driver sees', seen())\n"
              "print('task sees', ray.get(ray.remote(seen).remote()))\n")
     job_id = "wandb-key-probe"
+    # A shell that means to log online: WANDB_MODE unset here (the head's own stays offline, as conftest set it
+    # before the head started, and the probe never starts W&B), so submit has the key to explain, not send.
+    online = {name: value for name, value in local_head.environment.items() if name != "WANDB_MODE"}
     submitted = local_head.run([*SUBMIT, "--address", local_head.address, "--no-pip", "--submission-id", job_id,
-                                "--", "python", "-c", probe])
+                                "--", "python", "-c", probe], environment=online)
     assert submitted.returncode == 0, explained(submitted)
     assert f"driver sees {digest}" in submitted.stdout and f"task sees {digest}" in submitted.stdout
-    assert "W&B: WANDB_MODE=offline is forwarded" in submitted.stdout
+    [key_line] = [line.strip() for line in submitted.stdout.splitlines() if line.strip().startswith("W&B:")]
+    assert key_line.startswith("W&B: WANDB_API_KEY of this shell is not sent (a job's settings are public on the "
+                               "cluster); the job reads WANDB_API_KEY on the cluster (cluster/local.sh: "), key_line
 
-    printed = local_head.run([*SUBMIT, "--no-pip", "--print-runtime-env"], timeout=120)
+    printed = local_head.run([*SUBMIT, "--no-pip", "--print-runtime-env"], timeout=120, environment=online)
+    assert printed.returncode == 0 and "WANDB_API_KEY" not in json.loads(printed.stdout)["env_vars"]
+    assert printed.stderr.startswith("W&B: WANDB_API_KEY of this shell is not sent") and printed.stderr.count("\n") == 1
     ray = str(Path(sys.executable).with_name("ray"))
     listed = local_head.run([ray, "job", "list", "--address", local_head.address], timeout=120)
     assert listed.returncode == 0 and job_id in listed.stdout, explained(listed)

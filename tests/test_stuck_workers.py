@@ -119,7 +119,8 @@ def test_a_worker_stuck_in_its_own_read_aborts_its_collectives_then_exits_with_t
 
 @pytest.mark.ray
 @pytest.mark.timeout(900)
-def test_a_stopped_worker_is_replaced_within_the_timeout_and_training_continues(ray_cluster, bucket, tmp_path, capfd):
+def test_a_stopped_worker_is_replaced_within_the_timeout_and_training_continues(ray_cluster, bucket, tmp_path, capfd,
+                                                                                 record_property):
     from ray.util.state import list_actors
 
     faces = tmp_path / "faces"
@@ -160,13 +161,15 @@ def test_a_stopped_worker_is_replaced_within_the_timeout_and_training_continues(
     assert len(resumed) == 1 and 10 <= resumed[0] < 30, output[-6000:]
     # The survivor's step ended with one clear error naming it, not Ray's health check minutes later.
     assert re.search(r"CollectiveTimeout: worker \d: step \d+ (waited more than|could not finish)", output), output[-5000:]
+    record_property("seconds_from_stop_to_finished_run", round(recovered, 1))  # --junitxml keeps the measurement
     assert recovered < TEST_TIMEOUT + RESTART_SECONDS
     assert metric_steps(workdir) == [5, 10, 15, 20, 25, 30]
 
 
 @pytest.mark.ray
 @pytest.mark.timeout(900)
-def test_a_worker_stuck_reading_fails_the_run_with_the_step_once_retries_are_spent(ray_cluster, tmp_path):
+def test_a_worker_stuck_reading_fails_the_run_with_the_step_once_retries_are_spent(ray_cluster, tmp_path,
+                                                                                   record_property):
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     from animegan.failures import describe
@@ -189,6 +192,7 @@ def test_a_worker_stuck_reading_fails_the_run_with_the_step_once_retries_are_spe
     assert re.fullmatch(r"CollectiveTimeout: worker \d: step 1 waited more than 30 s \(--collective-timeout\) "
                         r"for its batch and the other workers: one is stuck or gone; Ray Train restarts the worker "
                         r"group from the latest checkpoint while --max-failures allows", message), message
+    record_property("seconds_from_start_to_failed_run", round(elapsed, 1))
     assert elapsed < 30 + RESTART_SECONDS  # a start of the worker group, then the timeout
 
 

@@ -25,7 +25,7 @@ import posixpath
 from typing import Callable, Iterable
 
 from animegan import storage
-from animegan.workdir import RunLayout
+from animegan.workdir import LEASE, RunLayout
 
 JOURNAL = "archive.json"
 
@@ -37,7 +37,8 @@ def archive_run(workdir: str, keep: Iterable[str] = (), log: Callable[[str], Non
     """
     finish_interrupted(workdir, log)
     archive = RunLayout(workdir).archive
-    kept = set(keep) | {posixpath.basename(archive)}
+    # The lease is the live run's (this one's), not the previous run's.
+    kept = set(keep) | {posixpath.basename(archive), LEASE}
     entries = [name for name in storage.list_dir(workdir) if name not in kept]
     if not entries:
         log(f"--restart: {workdir} holds no previous run; starting a new one")

@@ -1,4 +1,11 @@
-"""Connecting to Ray: join a cluster, or start a local instance configured for this job."""
+"""Connecting to Ray: join a cluster, or start a local instance configured for this job.
+
+A command joins a cluster only when told to (--address, or RAY_ADDRESS, which Ray
+sets inside a job). Otherwise it starts a fresh local instance of its own: a bare
+`ray.init()` would join whatever cluster an earlier `ray start --head` recorded on
+the machine, running (Ray then refuses `num_cpus`) or killed (it waits for a
+server that is gone).
+"""
 
 from __future__ import annotations
 
@@ -20,15 +27,21 @@ DEFAULT_DASHBOARD_PORT = 8265
 _FORWARDED_PREFIXES = ("STORAGE_EMULATOR_HOST", "GCSFS_", "WANDB_", "ANIMEGAN_", "GOOGLE_")
 
 
-# Never put secrets into a runtime env: Ray shows runtime envs on its dashboard. Local workers
-# inherit them from the driver's process environment through the raylet anyway.
+# Never put secrets into a runtime env: Ray shows runtime envs on its dashboard, in `ray job list`
+# and in its jobs API. Local workers inherit them from the driver's process environment through
+# the raylet anyway; a cluster's nodes get them from the cluster (README, "Weights & Biases").
 _SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential (WANDB_API_KEY, ..._TOKEN, ...)."""
+    return any(marker in name.upper() for marker in _SECRET_MARKERS)
 
 
 def worker_env() -> dict[str, str]:
     env = {key: os.environ.get(key, value) for key, value in WORKER_ENV_DEFAULTS.items()}
     env.update({key: value for key, value in os.environ.items()
-                if key.startswith(_FORWARDED_PREFIXES) and not any(marker in key for marker in _SECRET_MARKERS)})
+                if key.startswith(_FORWARDED_PREFIXES) and not is_secret_name(key)})
     return env
 
 
@@ -47,6 +60,8 @@ def start_local(num_cpus: int | None = None, dashboard_port: int | None = None) 
     # The dashboard serves Ray's State API, which Ray Train's placement-group cleaner polls;
     # without it that actor warns every second. It also gives the user Ray's dashboard.
     context = ray.init(
+        # "local": always a new instance, never the cluster `ray start` recorded on this machine.
+        address="local",
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=True,
         dashboard_host="127.0.0.1",
@@ -88,9 +103,26 @@ def connect(address: str | None, log=print) -> bool:
         ray.init(address=address, logging_level="WARNING")
         log(f"Joined the Ray cluster at {address}")
         return False
+    recorded = recorded_cluster()
+    if recorded:
+        log(f"Ray: a cluster started with `ray start` is recorded on this machine at {recorded}; this run uses "
+            f"a local instance of its own (to run on that cluster: --address {recorded})")
     dashboard = start_local()
     log(f"Started a local Ray instance with {os.cpu_count()} CPUs; dashboard at {dashboard}")
     return True
+
+
+def recorded_cluster() -> str | None:
+    """The address `ray start --head` last recorded on this machine (running or not), or None."""
+    try:
+        from ray._common.utils import get_ray_address_file
+    except ImportError:  # a Ray internal: without it the command only says less
+        return None
+    try:
+        with open(get_ray_address_file(None), encoding="utf-8") as file:
+            return file.read().strip() or None
+    except OSError:
+        return None
 
 
 def check_resources(config: TrainConfig) -> None:

@@ -90,6 +90,7 @@ class TrainConfig:
     checkpoint_every: int = _option(200, "steps between checkpoints")
     keep_checkpoints: int = _option(3, "number of most recent checkpoints kept")
     max_failures: int = _option(3, "worker-group restarts from the latest checkpoint before the run fails")
+    collective_timeout: float = _option(1800.0, "seconds a worker waits for the others in one step (its all-reduces, a checkpoint report) before the step fails and the worker group restarts")
     seed: int = _option(0, "seed for weights, noise, data order and augmentation")
 
     # Weights & Biases (rank 0 only; the API key comes from WANDB_API_KEY or `wandb login`, never from here).
@@ -174,6 +175,8 @@ class TrainConfig:
             raise ValueError("--gpus-per-worker and --cpus-per-worker must not be negative")
         if self.max_failures < -1:
             raise ValueError(f"--max-failures must be -1 (unlimited) or more, got {self.max_failures}")
+        if not self.collective_timeout > 0:
+            raise ValueError(f"--collective-timeout must be a positive number of seconds, got {self.collective_timeout}")
         for name in ["beta1", "beta2", "ema_decay"]:
             value = getattr(self, name)
             if not 0 <= value < 1:

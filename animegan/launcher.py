@@ -123,8 +123,11 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
     from animegan.tf_backend import MultiWorkerConfig
     from animegan.tracking import driver_environment
     from animegan.training import train_loop_per_worker
+    from animegan.watchdog import ray_settings
     from animegan.workdir import CHECKPOINTS
 
+    # Ray Train's controller takes its barrier timeout from the driver's environment when fit() starts it.
+    os.environ.update(ray_settings(config.collective_timeout))
     storage_filesystem, storage_path = storage.pyarrow_filesystem(layout.workdir)
     resources = {"CPU": config.cpus_per_worker}
     if config.gpus_per_worker:
@@ -158,7 +161,19 @@ def _redacting(log):
 
 def run_training(config: TrainConfig, *, address: str | None = None, restart: bool = False,
                  log=print) -> TrainOutcome:
-    """Runs (or resumes; with restart=True, starts over) a training job and says where its results are."""
+    """Runs (or resumes; with restart=True, starts over) a training job and says where its results are.
+
+    The run holds the workdir's lease (animegan/lease.py) from before it writes or
+    moves anything there until it ends: a second run on a live workdir is refused.
+    """
+    from animegan.lease import held
+
+    config = config.replace(workdir=storage.absolute(config.workdir or default_workdir()))
+    with held(config.workdir, log=log):
+        return _run_training(config, address=address, restart=restart, log=log)
+
+
+def _run_training(config: TrainConfig, *, address: str | None, restart: bool, log) -> TrainOutcome:
     import ray
 
     from animegan.startup import StartupClock

@@ -1,9 +1,16 @@
-"""Submitting jobs from a laptop: jobs/runtime_env.yaml plus the submitter's credentials, then follow the job.
+"""Submitting jobs from a laptop: jobs/runtime_env.yaml plus the submitter's settings, then follow the job.
 
-Ray's runtime_env never reads the submitter's environment, and credentials must
-never be written into jobs/runtime_env.yaml. So jobs/submit.py loads the YAML and
-adds, at submit time, the settings named in FORWARDED_ENV that are set in this
-shell (W&B key and project, Google Cloud project, animegan's own switches).
+Ray's runtime_env never reads the submitter's environment, so jobs/submit.py loads
+the YAML and adds, at submit time, the settings named in FORWARDED_ENV that are set
+in this shell (W&B project and mode, Google Cloud project, animegan's own switches).
+
+No secret ever travels this way: Ray shows a job's runtime env on its dashboard, in
+`ray job list` and in its jobs API to anyone who can reach the dashboard. The W&B
+key reaches a job from the cluster's side (README, "Weights & Biases"): the shell
+that ran `cluster/local.sh start`, a Kubernetes Secret in the pods' environment
+(cluster/kuberay/), or Secret Manager read by each node's setup (cluster/gcp.yaml).
+A runtime env file that names a secret is refused, and the submitter says in one
+line where the job will find its key.
 
 A Google service-account key file (GOOGLE_APPLICATION_CREDENTIALS) is a path on
 this machine, so it is not forwarded: the nodes reach Cloud Storage with their own
@@ -21,14 +28,16 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from animegan.cluster import is_secret_name
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-# Settings forwarded from the submitter's environment into the job's env_vars, when set.
+# Settings forwarded from the submitter's environment into the job's env_vars, when set. None is a secret.
 FORWARDED_ENV = (
-    "WANDB_API_KEY", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_RUN_GROUP",
+    "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_RUN_GROUP",
     "WANDB_TAGS", "GOOGLE_CLOUD_PROJECT", "ANIMEGAN_BUCKET", "ANIMEGAN_ALLOW_AUTOSCALE", "ANIMEGAN_DEBUG",
 )
-# Values never printed in full.
-SECRET_ENV = {"WANDB_API_KEY"}
+# W&B modes in which a job needs no key.
+_KEYLESS_MODES = {"offline", "dryrun", "disabled"}
 # Seconds between polls of a followed job's status and logs.
 POLL_SECONDS = 2.0
 
@@ -55,6 +64,11 @@ def load_runtime_env(path: str | Path, *, pip: bool = True, environ: Mapping[str
     env_vars = runtime_env.get("env_vars") or {}
     if not isinstance(env_vars, dict) or not all(isinstance(value, str) for value in env_vars.values()):
         raise ValueError(f"env_vars in {path} must map names to strings (quote numbers: \"0\")")
+    secrets = sorted(name for name in env_vars if is_secret_name(name))
+    if secrets:
+        raise ValueError(f"env_vars in {path} names {', '.join(secrets)}: a runtime env is shown by Ray's "
+                         f"dashboard, `ray job list` and its jobs API to anyone who can reach the cluster; give the "
+                         f"nodes the secret instead (README, \"Weights & Biases\")")
 
     if "working_dir" in runtime_env and "://" not in str(runtime_env["working_dir"]):
         working_dir = Path(base_dir or Path.cwd(), runtime_env["working_dir"]).resolve()
@@ -71,7 +85,7 @@ def load_runtime_env(path: str | Path, *, pip: bool = True, environ: Mapping[str
 
 def forwarded_settings(environ: Mapping[str, str]) -> dict[str, str]:
     """The settings of FORWARDED_ENV set in `environ`, and the project of a service-account key file."""
-    settings = {name: environ[name] for name in FORWARDED_ENV if environ.get(name)}
+    settings = {name: environ[name] for name in FORWARDED_ENV if environ.get(name) and not is_secret_name(name)}
     key_file = environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if key_file and "GOOGLE_CLOUD_PROJECT" not in settings:
         try:
@@ -83,13 +97,20 @@ def forwarded_settings(environ: Mapping[str, str]) -> dict[str, str]:
     return settings
 
 
-def masked(runtime_env: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy fit for printing: secret values replaced by their length."""
-    shown = dict(runtime_env)
-    if "env_vars" in shown:
-        shown["env_vars"] = {name: f"<{len(value)} characters>" if name in SECRET_ENV else value
-                             for name, value in shown["env_vars"].items()}
-    return shown
+def wandb_key_line(env_vars: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """One line: where the job will find its W&B key, or that it needs none. Never the key.
+
+    `env_vars` are the job's (the runtime env file's and the forwarded settings): they, not
+    this shell, decide the job's WANDB_MODE. `environ` is this shell, whose key is not sent.
+    """
+    mode = env_vars.get("WANDB_MODE", "").lower()
+    if mode in _KEYLESS_MODES:
+        return f"W&B: the job runs with WANDB_MODE={mode}: it needs no W&B key"
+    unsent = "WANDB_API_KEY of this shell is not sent (a job's settings are public on the cluster); " \
+        if environ.get("WANDB_API_KEY") else ""
+    return (f"W&B: {unsent}the job reads WANDB_API_KEY on the cluster (cluster/local.sh: the shell that started "
+            f"the head; GKE: the `wandb` Secret; cluster/gcp.yaml: Secret Manager's wandb-api-key), and logs "
+            f"offline without it")
 
 
 def check_entrypoint(entrypoint: Sequence[str], runtime_env: Mapping[str, Any]) -> None:
@@ -144,7 +165,8 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
     parser = argparse.ArgumentParser(
         prog="jobs/submit.py", allow_abbrev=False,
         description="Submit a job to a Ray cluster with jobs/runtime_env.yaml plus the W&B and Google Cloud "
-                    "settings of this shell (never written to a file), then print its logs until it ends. "
+                    "settings of this shell (never written to a file, never a secret: the W&B key comes from "
+                    "the cluster), then print its logs until it ends. "
                     "Exit status: 0 when the job succeeded, 1 when it failed or was stopped.",
         epilog=f"forwarded when set: {', '.join(FORWARDED_ENV)}; GOOGLE_APPLICATION_CREDENTIALS gives "
                f"GOOGLE_CLOUD_PROJECT (the key file stays here)",
@@ -160,7 +182,7 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
     parser.add_argument("--submission-id", help="the job's id (default: chosen by Ray)")
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     parser.add_argument("--print-runtime-env", action="store_true",
-                        help="print the runtime env as JSON (credentials included) and exit, "
+                        help="print the runtime env as JSON (it holds no secret) and exit, "
                              "for `ray job submit --runtime-env-json \"$(...)\"`")
     parser.add_argument("entrypoint", nargs=argparse.REMAINDER,
                         help="the command to run on the cluster, after --: -- python jobs/train.py --smoke-test")
@@ -170,6 +192,8 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
         runtime_env = load_runtime_env(args.runtime_env, pip=not args.no_pip, base_dir=base_dir)
         if args.print_runtime_env:
             print(json.dumps(runtime_env))
+            # On stderr: stdout is the JSON that `$(...)` captures. A key that used to ride along is missed here.
+            print(wandb_key_line(runtime_env.get("env_vars", {}), os.environ), file=sys.stderr)
             return 0
         check_entrypoint(entrypoint, runtime_env)
         client, job_id = _submit_or_explain(args.address, entrypoint, runtime_env, args.submission_id)
@@ -179,6 +203,7 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
     forwarded = sorted(set(runtime_env.get("env_vars", {})) & set(FORWARDED_ENV))
     print(f"Submitted {job_id} to {args.address}: {shlex.join(entrypoint)}\n"
           f"  forwarded settings: {', '.join(forwarded) or 'none'}\n"
+          f"  {wandb_key_line(runtime_env.get('env_vars', {}), os.environ)}\n"
           f"  logs: ray job logs --address {args.address} --follow {job_id}\n"
           f"  stop: ray job stop --address {args.address} {job_id}", flush=True)
     if args.no_wait:

@@ -69,7 +69,22 @@ def _configure_worker(config: TrainConfig) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Trains until `config.steps`, resuming from the newest valid checkpoint in the workdir."""
+    """Trains until `config.steps`, resuming from the newest valid checkpoint in the workdir.
+
+    A step that waits longer than --collective-timeout for the other workers fails
+    with a CollectiveTimeout naming it (animegan/watchdog.py), and Ray Train
+    restarts the worker group from the latest checkpoint as for a crash.
+    """
+    import ray.train
+
+    from animegan.watchdog import StepWatchdog
+
+    config = TrainConfig.from_dict(loop_config["config"])
+    with StepWatchdog(config.collective_timeout, ray.train.get_context().get_world_rank()) as watchdog:
+        _train(loop_config, watchdog)
+
+
+def _train(loop_config: dict[str, Any], watchdog) -> None:
     from animegan.startup import StartupClock
 
     clock = StartupClock(loop_config.get("startup"))
@@ -212,7 +227,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         last_row: dict[str, Any] = {"status": "running", "step": start_step}
         diverged = False
         for step in range(start_step + 1, config.steps + 1):
-            window.append(train_step(next_batch(iterator, stats)))
+            with watchdog.step(step):
+                window.append(train_step(next_batch(iterator, stats)))
             is_last = step == config.steps
             checkpoint_due = step % config.checkpoint_every == 0 or is_last
             if step == start_step + 1:

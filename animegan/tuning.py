@@ -343,9 +343,16 @@ def make_tuner(plan: SweepPlan, at_once: int, log: Callable[[str], None] = print
 
 def run_sweep(base: TrainConfig, settings: SweepSettings, fixed: set[str], *, address: str | None = None,
               log: Callable[[str], None] = print):
-    """Runs (or resumes) a sweep to the end and writes its table, best config and best generator."""
-    plan = plan_sweep(base, settings, fixed, log=log)
-    return execute_sweep(plan, concurrent=settings.concurrent, address=address, log=log)
+    """Runs (or resumes) a sweep to the end and writes its table, best config and best generator.
+
+    The sweep holds its workdir's lease (animegan/lease.py) throughout: one live sweep per workdir.
+    """
+    from animegan.lease import held
+
+    base = base.replace(workdir=storage.absolute(base.workdir or default_sweep_workdir()))
+    with held(base.workdir, command="animegan tune", log=log):
+        plan = plan_sweep(base, settings, fixed, log=log)
+        return execute_sweep(plan, concurrent=settings.concurrent, address=address, log=log)
 
 
 def execute_sweep(plan: SweepPlan, *, concurrent: int | None = None, address: str | None = None,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from animegan import storage
 
 CHECKPOINTS = "checkpoints"  # Ray Train's run name: checkpoints land in <workdir>/checkpoints/
+LEASE = "lease"  # the live run's lease (animegan/lease.py); it belongs to no run, so --restart leaves it
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class RunLayout:
     @property
     def wandb_run(self) -> str:
         return self.path("wandb-run.json")
+
+    @property
+    def lease(self) -> str:
+        """The lease of the run that holds the workdir now (animegan/lease.py)."""
+        return self.path(LEASE)
 
     @property
     def archive(self) -> str:

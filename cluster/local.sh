@@ -16,6 +16,9 @@
 #   ANIMEGAN_NUM_CPUS (all cores)          ANIMEGAN_RAY_TEMP_DIR (${TMPDIR:-/tmp}/animegan-ray)
 #   ANIMEGAN_RAY_BIN (the repository's .venv/bin/ray, else `ray` on PATH)
 # Job entry points run `python` from the head's PATH: the repository's .venv comes first.
+# W&B: jobs on this head read WANDB_API_KEY from the shell that ran `start` (the head's processes
+# inherit it), or `wandb login`'s ~/.netrc; jobs/submit.py never sends a key. Without either they
+# log offline. `start` says which.
 # The head requires Ray's token (RAY_AUTH_MODE=token, as Ray's own local clusters do): without it,
 # anyone who can reach its ports could run code as you. The token is RAY_AUTH_TOKEN_PATH's file
 # (default ~/.ray/auth_token), made if missing; clients need RAY_AUTH_MODE=token too.
@@ -99,6 +102,11 @@ start() {
         exit 1
     fi
     echo "Ray head running: dashboard and job server at http://127.0.0.1:$dashboard_port"
+    if [[ -n "${WANDB_API_KEY:-}" ]]; then
+        echo "  W&B: jobs on this head use WANDB_API_KEY from this shell (it is never sent with a job)"
+    else
+        echo "  W&B: no WANDB_API_KEY in this shell: jobs use \`wandb login\`'s ~/.netrc if any, else log offline"
+    fi
     echo "  export RAY_ADDRESS=http://127.0.0.1:$dashboard_port RAY_AUTH_MODE=$RAY_AUTH_MODE"
     echo "  stop it with: $0 stop"
 }

@@ -1,13 +1,16 @@
 """Submit a job from your machine, forwarding W&B and Google Cloud settings, and follow its logs.
 
     export RAY_ADDRESS=http://127.0.0.1:8265     # cluster/local.sh start, or: ray dashboard cluster/gcp.yaml
-    export WANDB_API_KEY=...                     # optional: stays in your shell, reaches the job's env
+    export WANDB_PROJECT=faces                   # W&B settings are forwarded; the key never is (see below)
     .venv/bin/python jobs/submit.py -- python jobs/train.py --smoke-test
     .venv/bin/python jobs/submit.py --no-pip -- python jobs/train.py --smoke-test   # a laptop's .venv
 
 It sends the repository as the job's working dir with jobs/runtime_env.yaml, adds the
 settings listed in `--help` that are set in your shell, prints the job's logs until it
-ends, and exits 0 when the job succeeded. The same runtime env for Ray's own command:
+ends, and exits 0 when the job succeeded. It never sends WANDB_API_KEY: Ray shows a
+job's runtime env to anyone who can reach its dashboard. The job reads the key on the
+cluster (README, "Weights & Biases"), and the command says where. The same runtime env
+(without secrets) for Ray's own command:
 
     ray job submit --runtime-env-json "$(.venv/bin/python jobs/submit.py --print-runtime-env)" -- python jobs/train.py
 """

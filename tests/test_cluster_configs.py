@@ -3,9 +3,16 @@ that read them, name entry points that exist, agree with pyproject.toml, and hol
 
 from __future__ import annotations
 
+import base64
 import copy
+import http.server
+import json
+import os
 import re
+import stat
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +21,7 @@ import yaml
 from animegan.cluster import WORKER_ENV_DEFAULTS
 from tests.conftest import REPO
 from tests.support import kuberay_schema
+from tests.support.ports import free_port
 
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -113,8 +121,6 @@ def test_runtime_env_uploads_the_repository_without_local_clutter():
 # ------------------------------------------------------------------ cluster/gcp.yaml
 
 def test_gcp_config_passes_the_ray_cluster_launchers_validation():
-    import json
-
     import jsonschema
     import ray.autoscaler
     from ray.autoscaler._private.util import prepare_config, validate_config
@@ -127,8 +133,6 @@ def test_gcp_config_passes_the_ray_cluster_launchers_validation():
 
 @pytest.mark.parametrize("misspelling", ["max_worker", "available_node_type"])
 def test_gcp_schema_check_catches_a_misspelled_field(misspelling):
-    import json
-
     import jsonschema
     import ray.autoscaler
 
@@ -265,6 +269,98 @@ def test_credentials_reach_jobs_from_outside_the_files():
             for variable in container.get("env", []):
                 if CREDENTIAL_NAME.search(variable["name"]):
                     assert "value" not in variable and "secretKeyRef" in variable["valueFrom"], variable
+
+
+def test_every_ray_pod_takes_the_wandb_key_from_the_kubernetes_secret():
+    cluster = [document for _, document in kuberay_objects() if document["kind"] == "RayCluster"][0]
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            [key] = [variable for variable in container["env"] if variable["name"] == "WANDB_API_KEY"]
+            # Optional: without the Secret the pods start, and W&B logs offline.
+            assert key == {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
+                "name": "wandb", "key": "api-key", "optional": True}}}, container["name"]
+
+
+def test_gcp_nodes_export_the_wandb_key_from_secret_manager_before_ray_starts(tmp_path):
+    config = gcp_config()
+    setup = config["setup_commands"]
+    [fetch] = [command for command in setup if "fetch_secret.py" in command]
+    assert fetch == "python ~/animegan/cluster/fetch_secret.py wandb-api-key ~/.animegan/wandb-api-key"
+    assert setup.index(fetch) < len(setup) - 1  # the export line comes after it
+    # The setup's shell lines, as a node runs them (the fetch aside), then what `ray start` sees.
+    shell_lines = [command for command in setup if command != fetch]
+    environment = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    (tmp_path / ".bashrc").write_text("")
+    for command in shell_lines:
+        subprocess.run(["bash", "-c", command], env=environment, check=True)
+
+    def key_seen_by_ray_start() -> str:
+        start = config["head_start_ray_commands"][-1].split(";")[0]  # source ~/.animegan_env
+        return subprocess.run(["bash", "-c", f"{start}; printf %s \"${{WANDB_API_KEY-unset}}\""], env=environment,
+                              capture_output=True, text=True, check=True).stdout
+
+    assert key_seen_by_ray_start() == "unset"  # no secret: W&B logs offline
+    (tmp_path / ".animegan").mkdir()
+    (tmp_path / ".animegan" / "wandb-api-key").write_text("k" * 40)
+    assert key_seen_by_ray_start() == "k" * 40
+
+
+class GoogleEndpoints(http.server.BaseHTTPRequestHandler):
+    """Stands in for a node's metadata server and Secret Manager, answering as Google documents them."""
+
+    secrets = {"wandb-api-key": b"k" * 40 + b"\n"}
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        if self.path.startswith("/computeMetadata/v1/"):
+            if self.headers.get("Metadata-Flavor") != "Google":
+                return self.answer(403, b"missing Metadata-Flavor")
+            answers = {"/computeMetadata/v1/instance/service-accounts/default/token":
+                       json.dumps({"access_token": "node-token", "expires_in": 3599, "token_type": "Bearer"}).encode(),
+                       "/computeMetadata/v1/project/project-id": b"faces-project"}
+            return self.answer(200, answers[self.path]) if self.path in answers else self.answer(404, b"")
+        match = re.fullmatch(r"/v1/projects/faces-project/secrets/([\w-]+)/versions/latest:access", self.path)
+        if self.headers.get("Authorization") != "Bearer node-token":
+            return self.answer(401, b"{}")
+        if not match or match.group(1) not in self.secrets:
+            return self.answer(404, b'{"error": {"code": 404, "status": "NOT_FOUND"}}')
+        data = base64.b64encode(self.secrets[match.group(1)]).decode()
+        self.answer(200, json.dumps({"name": match.group(1), "payload": {"data": data}}).encode())
+
+    def answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_fetch_secret_writes_the_key_for_this_user_only_and_never_fails_the_setup(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GoogleEndpoints)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    environment = {**os.environ, "GCE_METADATA_HOST": address, "SECRET_MANAGER_ENDPOINT": f"http://{address}"}
+    script = [sys.executable, str(CLUSTER / "fetch_secret.py")]
+    try:
+        target = tmp_path / "home" / ".animegan" / "wandb-api-key"
+        fetched = subprocess.run([*script, "wandb-api-key", str(target)], env=environment, capture_output=True,
+                                 text=True, timeout=60)
+        assert fetched.returncode == 0 and fetched.stderr == "", fetched.stderr
+        assert target.read_bytes() == b"k" * 40 and stat.S_IMODE(target.stat().st_mode) == 0o600
+        assert "k" * 40 not in fetched.stdout
+
+        missing = subprocess.run([*script, "no-such-secret", str(tmp_path / "other")], env=environment,
+                                 capture_output=True, text=True, timeout=60)
+        assert missing.returncode == 0 and not (tmp_path / "other").exists()
+        assert missing.stderr == ("fetch_secret: no-such-secret not read from Secret Manager (HTTP 404 (no such "
+                                  "secret)); jobs on this node log W&B offline\n")
+    finally:
+        server.shutdown()
+    unreachable = subprocess.run([*script, "wandb-api-key", str(tmp_path / "third")], capture_output=True, text=True,
+                                 env={**environment, "GCE_METADATA_HOST": f"127.0.0.1:{free_port()}"}, timeout=60)
+    assert unreachable.returncode == 0 and "not read from Secret Manager (URLError" in unreachable.stderr
 
 
 @pytest.mark.parametrize("planted", [

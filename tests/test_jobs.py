@@ -29,6 +29,8 @@ from tests.conftest import REPO
 from tests.support.ports import free_port
 
 LOCAL_SH = str(REPO / "cluster" / "local.sh")
+# Shaped like a W&B API key (40 hex digits), made up.
+WANDB_KEY = "5ec7e7" + "0123456789abcdef" * 2 + "0123"
 SUBMIT = [sys.executable, str(REPO / "jobs" / "submit.py")]
 JOB_TIMEOUT = 600  # seconds; a smoke test takes about a minute on a busy 2-core machine
 
@@ -56,9 +58,10 @@ class LocalHead:
     temp_dir: Path
     workspace: Path  # the current directory of every command: not the repository
 
-    def run(self, command: list[str], timeout: float = JOB_TIMEOUT) -> subprocess.CompletedProcess:
-        return subprocess.run(command, cwd=self.workspace, env=self.environment, capture_output=True, text=True,
-                              timeout=timeout)
+    def run(self, command: list[str], timeout: float = JOB_TIMEOUT,
+            environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=self.workspace, env=environment or self.environment, capture_output=True,
+                              text=True, timeout=timeout)
 
     def stop(self) -> subprocess.CompletedProcess:
         return self.run([LOCAL_SH, "stop"], timeout=120)
@@ -80,8 +83,8 @@ def explained(result: subprocess.CompletedProcess) -> str:
 RUNTIME_ENV = REPO / "jobs" / "runtime_env.yaml"
 
 
-def test_runtime_env_takes_settings_from_the_shell_and_leaves_the_file_alone(tmp_path):
-    from animegan.submission import load_runtime_env, masked
+def test_runtime_env_takes_settings_from_the_shell_but_never_a_secret_and_leaves_the_file_alone(tmp_path):
+    from animegan.submission import load_runtime_env
 
     before = RUNTIME_ENV.read_bytes()
     key_file = tmp_path / "service-account.json"
@@ -91,13 +94,29 @@ def test_runtime_env_takes_settings_from_the_shell_and_leaves_the_file_alone(tmp
     runtime_env = load_runtime_env(RUNTIME_ENV, environ=shell, base_dir=REPO)
 
     assert runtime_env["working_dir"] == str(REPO)
+    # The W&B key stays out: Ray shows a runtime env to anyone who can reach its dashboard.
     assert runtime_env["env_vars"] == {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TF_CPP_MIN_LOG_LEVEL": "2",
-                                       "WANDB_API_KEY": "k" * 40, "WANDB_PROJECT": "faces",
-                                       "GOOGLE_CLOUD_PROJECT": "faces-project"}
+                                       "WANDB_PROJECT": "faces", "GOOGLE_CLOUD_PROJECT": "faces-project"}
+    assert "k" * 40 not in json.dumps(runtime_env)
     assert "tensorflow>=2.18,<2.22" in runtime_env["pip"]["packages"]
     assert "pip" not in load_runtime_env(RUNTIME_ENV, pip=False, environ={}, base_dir=REPO)
-    assert masked(runtime_env)["env_vars"]["WANDB_API_KEY"] == "<40 characters>"
     assert RUNTIME_ENV.read_bytes() == before
+
+
+def test_submit_says_in_one_line_where_the_job_finds_its_wandb_key():
+    from animegan.submission import wandb_key_line
+
+    shell = {"WANDB_API_KEY": "k" * 40}
+    with_key = wandb_key_line({"WANDB_PROJECT": "faces"}, shell)
+    assert with_key == ("W&B: WANDB_API_KEY of this shell is not sent (a job's settings are public on the cluster); "
+                        "the job reads WANDB_API_KEY on the cluster (cluster/local.sh: the shell that started the "
+                        "head; GKE: the `wandb` Secret; cluster/gcp.yaml: Secret Manager's wandb-api-key), and logs "
+                        "offline without it")
+    assert wandb_key_line({}, {}).startswith("W&B: the job reads WANDB_API_KEY on the cluster (")
+    # The job's mode decides (the runtime env file's, or the shell's forwarded over it), whatever the shell holds.
+    assert wandb_key_line({"WANDB_MODE": "Offline"}, shell) == (
+        "W&B: the job runs with WANDB_MODE=offline: it needs no W&B key")
+    assert wandb_key_line({"WANDB_MODE": "online"}, {**shell, "WANDB_MODE": "disabled"}) == with_key
 
 
 @pytest.mark.parametrize("content, message", [
@@ -106,6 +125,8 @@ def test_runtime_env_takes_settings_from_the_shell_and_leaves_the_file_alone(tmp
     ("- working_dir: .", "must hold a mapping"),
     ("env_vars:\n  TF_CPP_MIN_LOG_LEVEL: 2", "env_vars in .* must map names to strings"),
     ("working_dir: no-such-folder", "working_dir .*no-such-folder of .* is not a directory"),
+    ("env_vars:\n  WANDB_API_KEY: k\n  MY_TOKEN: t", "env_vars in .* names MY_TOKEN, WANDB_API_KEY: a runtime env "
+                                                  "is shown by Ray's dashboard, `ray job list` and its jobs API"),
 ])
 def test_bad_runtime_env_files_are_refused_with_a_reason(tmp_path, content, message):
     from animegan.submission import load_runtime_env
@@ -202,6 +223,9 @@ def local_head(tmp_path_factory):
         # The head's own token, in its temp dir: ~/.ray stays untouched.
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(temp_dir / "auth_token"),
+        # The head (and every job on it) takes the W&B key from the shell that started it; the jobs
+        # run with WANDB_MODE=offline (conftest), so the made-up key is never sent anywhere.
+        "WANDB_API_KEY": WANDB_KEY,
     }
     environment.pop("RAY_ADDRESS", None)
     head = LocalHead(address=f"http://127.0.0.1:{environment['ANIMEGAN_DASHBOARD_PORT']}", environment=environment,
@@ -212,6 +236,7 @@ def local_head(tmp_path_factory):
         head.stop()
         pytest.fail(f"cluster/local.sh start failed:\n{explained(started)}\n{logs}")
     assert f"Ray head running: dashboard and job server at {head.address}" in started.stdout
+    assert "W&B: jobs on this head use WANDB_API_KEY from this shell (it is never sent with a job)" in started.stdout
     yield head
     stopped = head.stop()
     left = processes_naming(temp_dir)
@@ -300,6 +325,59 @@ def test_a_failing_job_ends_submit_with_status_1_and_its_logs(local_head):
     assert result.returncode == 1, explained(result)
     assert "--batch-size 7 cannot be split evenly over 2 replicas" in result.stdout
     assert "FAILED" in result.stdout.splitlines()[-1]
+
+
+def dashboard_get(head: LocalHead, path: str) -> str:
+    """GET from the head's dashboard HTTP API, with its token, as anyone who can reach the dashboard can."""
+    import urllib.request
+
+    token = (head.temp_dir / "auth_token").read_text().strip()
+    request = urllib.request.Request(head.address + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.status == 200, path
+        return response.read().decode("utf-8")
+
+
+@pytest.mark.ray
+def test_the_wandb_key_reaches_the_job_from_the_head_and_is_shown_nowhere(local_head):
+    import hashlib
+
+    digest = hashlib.sha256(WANDB_KEY.encode()).hexdigest()
+    # The job says whether its driver and a Ray task on the head see the key, by its hash only.
+    probe = ("import hashlib, os, ray\n"
+             "seen = lambda: hashlib.sha256(os.environ.get('WANDB_API_KEY', '').encode()).hexdigest()\n"
+             "ray.init()\n"
+             "print('driver sees', seen())\n"
+             "print('task sees', ray.get(ray.remote(seen).remote()))\n")
+    job_id = "wandb-key-probe"
+    # A shell that means to log online: WANDB_MODE unset here (the head's own stays offline, as conftest set it
+    # before the head started, and the probe never starts W&B), so submit has the key to explain, not send.
+    online = {name: value for name, value in local_head.environment.items() if name != "WANDB_MODE"}
+    submitted = local_head.run([*SUBMIT, "--address", local_head.address, "--no-pip", "--submission-id", job_id,
+                                "--", "python", "-c", probe], environment=online)
+    assert submitted.returncode == 0, explained(submitted)
+    assert f"driver sees {digest}" in submitted.stdout and f"task sees {digest}" in submitted.stdout
+    [key_line] = [line.strip() for line in submitted.stdout.splitlines() if line.strip().startswith("W&B:")]
+    assert key_line.startswith("W&B: WANDB_API_KEY of this shell is not sent (a job's settings are public on the "
+                               "cluster); the job reads WANDB_API_KEY on the cluster (cluster/local.sh: "), key_line
+
+    printed = local_head.run([*SUBMIT, "--no-pip", "--print-runtime-env"], timeout=120, environment=online)
+    assert printed.returncode == 0 and "WANDB_API_KEY" not in json.loads(printed.stdout)["env_vars"]
+    assert printed.stderr.startswith("W&B: WANDB_API_KEY of this shell is not sent") and printed.stderr.count("\n") == 1
+    ray = str(Path(sys.executable).with_name("ray"))
+    listed = local_head.run([ray, "job", "list", "--address", local_head.address], timeout=120)
+    assert listed.returncode == 0 and job_id in listed.stdout, explained(listed)
+    places = {
+        "the submit command's output": submitted.stdout + submitted.stderr,
+        "--print-runtime-env": printed.stdout + printed.stderr,
+        "ray job list": listed.stdout + listed.stderr,
+        "the jobs REST API": dashboard_get(local_head, "/api/jobs/"),
+        "the job's record in the jobs REST API": dashboard_get(local_head, f"/api/jobs/{job_id}"),
+        "the dashboard's job table (State API)": dashboard_get(local_head, "/api/v0/jobs?detail=1&limit=100"),
+        "the job's logs": dashboard_get(local_head, f"/api/jobs/{job_id}/logs"),
+    }
+    assert job_id in places["the dashboard's job table (State API)"]
+    assert [place for place, text in places.items() if WANDB_KEY in text] == []
 
 
 @pytest.mark.ray

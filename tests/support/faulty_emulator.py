@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.support.gcs_emulator import GCSEmulator
+from tests.support.gcs_emulator import GCSEmulator, honour_preconditions
 
 CRASH_EXIT_CODE = 43
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +61,7 @@ def _crash_on_matching_upload() -> None:
 
 
 if __name__ == "__main__":
+    honour_preconditions()
     _crash_on_matching_upload()
     from gcp_storage_emulator.__main__ import main
 

@@ -3,6 +3,12 @@
 It keeps its objects on disk, so it can be stopped in the middle of a test and
 started again with its buckets intact. gcsfs reaches it through
 STORAGE_EMULATOR_HOST, which conftest sets before anything imports gcsfs.
+
+One change makes it behave as Cloud Storage does where the emulator does not:
+an upload with `ifGenerationMatch` (gcsfs's exclusive create, mode="create",
+sends ifGenerationMatch=0) is refused with 412 unless the object's generation
+matches (0: the object must not exist). The emulator ignores the parameter, so
+two writers that both create "only if absent" would both win.
 """
 
 from __future__ import annotations
@@ -11,8 +17,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class GCSEmulator:
@@ -24,12 +33,11 @@ class GCSEmulator:
         self.log_path = data_dir.parent / f"gcs-emulator-{port}.log"
 
     def command(self) -> list[str]:
-        executable = Path(sys.executable).with_name("gcp-storage-emulator")
-        return [str(executable), "-d", str(self.data_dir), "start", "--host", "127.0.0.1",
+        return [sys.executable, "-m", __name__, "-d", str(self.data_dir), "start", "--host", "127.0.0.1",
                 "--port", str(self.port), "-q"]
 
     def environment(self) -> dict[str, str]:
-        return os.environ.copy()
+        return {**os.environ, "PYTHONPATH": str(REPO)}
 
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,3 +78,44 @@ class GCSEmulator:
             fs.mkdir(name)
         fs.invalidate_cache()
         return f"gs://{name}"
+
+
+def honour_preconditions() -> None:
+    """Makes the emulator's uploads check `ifGenerationMatch` as Cloud Storage does (412 on a mismatch)."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    # The server handles requests on several threads: the check and the write must be one step.
+    lock = threading.Lock()
+
+    def checked(upload, name_of):
+        def handler(request, response, storage):
+            wanted = request.query.get("ifGenerationMatch")
+            if not wanted:
+                return upload(request, response, storage)
+            with lock:
+                try:
+                    current = str(storage.get_file_obj(request.params["bucket_name"], name_of(request))["generation"])
+                except NotFound:
+                    current = "0"
+                if current != wanted[0]:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    response.json({"error": {"code": 412, "message": "At least one of the pre-conditions you "
+                                             "specified did not hold.", "errors": [{"reason": "conditionNotMet"}]}})
+                    return None
+                return upload(request, response, storage)
+        return handler
+
+    objects._media_upload = checked(objects._media_upload, lambda request: request.query["name"][0])
+    objects._multipart_upload = checked(
+        objects._multipart_upload,
+        lambda request: request.query["name"][0] if "name" in request.query else request.data["meta"].get("name"))
+
+
+if __name__ == "__main__":
+    honour_preconditions()
+    from gcp_storage_emulator.__main__ import main
+
+    main(sys.argv[1:])

@@ -3,10 +3,17 @@
 Builders are pure functions of the config; call them inside `strategy.scope()`
 so their variables are mirrored across replicas.
 
-Two layouts (`--architecture`), the same four stride-2 stages and widths:
-- "dcgan", as the DCGAN paper and PyTorch's reference draw it: a generator of
-  batch norm and ReLU with no biases before batch norm, and a discriminator
-  without batch norm at its input;
+Three layouts (`--architecture`), the same four stride-2 stages and widths:
+- "dcgan" (the default): DCGAN's generator of batch norm and ReLU, no biases
+  before batch norm, except that the noise's projection to 4x4 maps goes
+  straight into the first transposed convolution; a discriminator without
+  batch norm at its input;
+- "dcgan-paper", as the DCGAN paper and PyTorch's reference draw it: the same
+  with batch norm and ReLU on the projection too. Measured on the real faces
+  (benchmarks/quality.py, issue notes), that one normalisation and ReLU on the
+  4x4 projection is what made animegan learn faces several times slower than
+  the seed notebook: after 150 steps its samples are grey, alike blobs where
+  the linear projection's are coloured faces;
 - "seed-notebook", as the notebook animegan grew from: a generator with biases
   everywhere, no batch norm or activation after the projection, batch norm and
   LeakyReLU(0.2) after each transposed convolution; a discriminator with batch
@@ -49,7 +56,7 @@ def build_generator(config: TrainConfig, name: str = "generator") -> keras.Model
     # A bias before batch norm is cancelled by its mean; the seed notebook has them anyway.
     x = layers.Dense(4 * 4 * width * 8, use_bias=seed_notebook, kernel_initializer=_init(seed), name="project")(noise)
     x = layers.Reshape((4, 4, width * 8))(x)
-    if not seed_notebook:
+    if config.architecture == "dcgan-paper":
         x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name="project_bn")(x)
         x = layers.ReLU()(x)
     for index, multiplier in enumerate([4, 2, 1]):

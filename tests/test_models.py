@@ -9,9 +9,10 @@ from animegan.config import TrainConfig
 from animegan.models import build_discriminator, build_generator
 
 
-def generator_parameters(noise_dim: int, width: int) -> int:
+def generator_parameters(noise_dim: int, width: int, projection_batch_norm: bool = False) -> int:
     """Counted by hand from the DCGAN layout: dense to 4x4x8w, then 4x4 transposed convs 8w->4w->2w->w->3."""
-    count = noise_dim * 16 * 8 * width + 4 * 8 * width  # projection (no bias) and its batch norm
+    count = noise_dim * 16 * 8 * width  # projection, no bias
+    count += 4 * 8 * width if projection_batch_norm else 0  # dcgan-paper's batch norm on it
     for channels_in, channels_out in [(8, 4), (4, 2), (2, 1)]:
         count += 16 * channels_in * width * channels_out * width + 4 * channels_out * width
     return count + 16 * width * 3 + 3  # to RGB, with bias
@@ -29,11 +30,14 @@ def test_parameter_counts_match_the_architecture(noise_dim, width):
     config = TrainConfig(noise_dim=noise_dim, generator_width=width, discriminator_width=width)
     assert build_generator(config).count_params() == generator_parameters(noise_dim, width)
     assert build_discriminator(config).count_params() == discriminator_parameters(width)
+    paper = config.replace(architecture="dcgan-paper")
+    assert build_generator(paper).count_params() == generator_parameters(noise_dim, width, projection_batch_norm=True)
+    assert build_discriminator(paper).count_params() == discriminator_parameters(width)
 
 
 def test_default_sizes_are_the_classic_dcgan():
     config = TrainConfig()
-    assert build_generator(config).count_params() == 5_217_027
+    assert build_generator(config).count_params() == 5_217_027 - 4 * 512  # no batch norm on the projection
     assert build_discriminator(config).count_params() == 2_767_425
 
 

@@ -50,7 +50,7 @@ class TrainConfig:
     noise_dim: int = _option(300, "dimension of the generator's noise vector")
     generator_width: int = _option(64, "generator base width; layers are 8x, 4x, 2x, 1x this")
     discriminator_width: int = _option(64, "discriminator base width; layers are 1x, 2x, 4x, 8x this")
-    architecture: str = _option("dcgan", "layer layout: dcgan (Radford et al.'s ReLU generator with a linear projection of the noise, no batch norm at D's input), dcgan-paper (the same with the paper's batch norm and ReLU on the projection, which learns faces far slower; runs made before this option had it) or seed-notebook (LeakyReLU generator with biases, batch norm in every D layer)")
+    architecture: str = _option("dcgan", "layer layout: dcgan (Radford et al.'s ReLU generator; batch norm in every discriminator layer), dcgan-paper (the same without batch norm at D's input, as the paper has it: measured to learn faces slower; runs made before this option used it) or seed-notebook (LeakyReLU generator with biases, batch norm in every D layer)")
     spectral_norm: bool = _option(False, "spectrally normalise the discriminator's convolutions (Miyato et al., 2018)")
     discriminator_batch_norm: bool = _option(True, "batch normalisation in the discriminator's hidden layers")
     minibatch_std: int = _option(0, "images per group of the discriminator's minibatch standard deviation feature (0 turns it off)")
@@ -251,7 +251,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # What checkpoints written before a model field existed were built with.
-# Runs before --architecture had the paper's projection (batch norm and ReLU on it), now dcgan-paper.
+# Runs made before --architecture had the paper's discriminator (no batch norm at its input), now dcgan-paper.
 MODEL_FIELDS_BEFORE_THEY_EXISTED = {"architecture": "dcgan-paper", "spectral_norm": False,
                                     "discriminator_batch_norm": True, "minibatch_std": 0}
 

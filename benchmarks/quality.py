@@ -11,8 +11,8 @@ on, 1,000 held out, chosen by seed 0), batch 64, one worker:
   (b) preset    `animegan train --preset seed-notebook`: that recipe through animegan's
                 distributed step and pipeline
   (c) default   `animegan train` with its defaults
-  (p) paper     `animegan train --architecture dcgan-paper`: the default with the DCGAN
-                paper's batch norm and ReLU on the generator's projection (the default
+  (p) paper     `animegan train --architecture dcgan-paper`: the default without batch
+                norm at the discriminator's input, as the DCGAN paper has it (the default
                 until that was found to be why animegan learnt faces slowly)
 Each is trained to the first length, scored, then trained on to the next (the
 animegan runs resume from their checkpoint: the same command with a larger

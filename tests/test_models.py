@@ -9,17 +9,19 @@ from animegan.config import TrainConfig
 from animegan.models import build_discriminator, build_generator
 
 
-def generator_parameters(noise_dim: int, width: int, projection_batch_norm: bool = False) -> int:
+def generator_parameters(noise_dim: int, width: int) -> int:
     """Counted by hand from the DCGAN layout: dense to 4x4x8w, then 4x4 transposed convs 8w->4w->2w->w->3."""
-    count = noise_dim * 16 * 8 * width  # projection, no bias
-    count += 4 * 8 * width if projection_batch_norm else 0  # dcgan-paper's batch norm on it
+    count = noise_dim * 16 * 8 * width + 4 * 8 * width  # projection (no bias) and its batch norm
     for channels_in, channels_out in [(8, 4), (4, 2), (2, 1)]:
         count += 16 * channels_in * width * channels_out * width + 4 * channels_out * width
     return count + 16 * width * 3 + 3  # to RGB, with bias
 
 
-def discriminator_parameters(width: int) -> int:
-    count = 16 * 3 * width + width  # first conv has a bias and no batch norm
+def discriminator_parameters(width: int, input_batch_norm: bool = True) -> int:
+    if input_batch_norm:
+        count = 16 * 3 * width + 4 * width  # first conv without a bias, then batch norm
+    else:
+        count = 16 * 3 * width + width  # dcgan-paper: first conv with a bias and no batch norm
     for channels_in, channels_out in [(1, 2), (2, 4), (4, 8)]:
         count += 16 * channels_in * width * channels_out * width + 4 * channels_out * width
     return count + 16 * 8 * width + 1  # dense logit over the 4x4x8w features
@@ -31,14 +33,14 @@ def test_parameter_counts_match_the_architecture(noise_dim, width):
     assert build_generator(config).count_params() == generator_parameters(noise_dim, width)
     assert build_discriminator(config).count_params() == discriminator_parameters(width)
     paper = config.replace(architecture="dcgan-paper")
-    assert build_generator(paper).count_params() == generator_parameters(noise_dim, width, projection_batch_norm=True)
-    assert build_discriminator(paper).count_params() == discriminator_parameters(width)
+    assert build_generator(paper).count_params() == generator_parameters(noise_dim, width)
+    assert build_discriminator(paper).count_params() == discriminator_parameters(width, input_batch_norm=False)
 
 
 def test_default_sizes_are_the_classic_dcgan():
     config = TrainConfig()
-    assert build_generator(config).count_params() == 5_217_027 - 4 * 512  # no batch norm on the projection
-    assert build_discriminator(config).count_params() == 2_767_425
+    assert build_generator(config).count_params() == 5_217_027
+    assert build_discriminator(config).count_params() == 2_767_425 + 3 * 64  # batch norm, no bias, at D's input
 
 
 def test_shapes_and_ranges():

@@ -273,16 +273,17 @@ def _decoded_into(cache: PixelCache):
 
 def _decode_chunk(positions: tf.Tensor, encoded: tf.Tensor, pixels: tf.Tensor,
                   cache: PixelCache) -> tf.data.Dataset:
-    """The images of one chunk: its cached pixels, or its encoded images decoded and kept."""
+    """One chunk's images as one uint8 [n, 64, 64, 3] element (none when n would be 0): its cached
+    pixels as they are, or its encoded images decoded in parallel and kept in the cache."""
+    cached = tf.data.Dataset.from_tensors(pixels).filter(lambda images: tf.shape(images)[0] > 0)
     decoded = (tf.data.Dataset.from_tensor_slices((positions, encoded))
                .map(lambda position, data: (position, decode_image(data)), num_parallel_calls=tf.data.AUTOTUNE)
                .ignore_errors(log_warning=True)
-               # One call into Python per chunk keeps what was decoded; an empty chunk (all
-               # failed) keeps nothing and is simply decoded, and dropped, again next epoch.
+               # One call into Python per chunk keeps what was decoded; a chunk that all failed
+               # keeps nothing and is simply decoded, and dropped, again next epoch.
                .batch(GENERATOR_CHUNK)
-               .map(lambda decoded_positions, images: _decoded_into(cache)(positions, decoded_positions, images))
-               .unbatch())
-    return tf.data.Dataset.from_tensor_slices(pixels).concatenate(decoded)
+               .map(lambda decoded_positions, images: _decoded_into(cache)(positions, decoded_positions, images)))
+    return cached.concatenate(decoded)
 
 
 def training_dataset(
@@ -340,19 +341,21 @@ def training_dataset(
             cycle_length=tf.data.AUTOTUNE, block_length=GENERATOR_CHUNK,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
+        # Drop the remainder: every replica step needs a full, equal batch.
+        dataset = dataset.batch(batch_size, drop_remainder=True)
     else:
         chunks = tf.data.Dataset.from_generator(
             lambda: _cached_chunks(images(), GENERATOR_CHUNK, cache),
             output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
                               tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8)),
         )
+        # Whole chunks stay whole up to the batching (one tf.data element per chunk, not per
+        # image: per-image elements would cost more than reading the cached pixels).
         dataset = chunks.interleave(
             lambda positions, encoded, pixels: _decode_chunk(positions, encoded, pixels, cache),
-            cycle_length=tf.data.AUTOTUNE, block_length=GENERATOR_CHUNK,
+            cycle_length=tf.data.AUTOTUNE, block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        )
-    # Drop the remainder: every replica step needs a full, equal batch.
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+        ).rebatch(batch_size, drop_remainder=True)  # drop the remainder, as below
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
     options = tf.data.Options()

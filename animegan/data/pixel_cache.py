@@ -186,13 +186,20 @@ class PixelCache:
 
     def pixels(self, indices: Sequence[int]) -> np.ndarray:
         """uint8 [len(indices), 64, 64, 3] of decoded items."""
+        indices = np.asarray(indices, np.int64)
         out = np.empty((len(indices), *IMAGE_SHAPE), np.uint8)
         with self._lock:
-            for position, index in enumerate(indices):
-                if self.states[index] != DECODED:
-                    raise KeyError(f"item {index} is not in the pixel cache")
-                block, row = self._place(int(self.slots[index]))
-                out[position] = block[row]
+            missing = indices[self.states[indices] != DECODED]
+            if len(missing):
+                raise KeyError(f"item {missing[0]} is not in the pixel cache")
+            every_block = self._memory_blocks + self._disk_blocks
+            capacity, size = self.memory_capacity, self.block_images
+            memory_blocks = capacity // size  # all allocated once anything spills
+            for position, slot in enumerate(self.slots[indices].tolist()):
+                if slot < capacity:
+                    out[position] = every_block[slot // size][slot % size]
+                else:
+                    out[position] = every_block[memory_blocks + (slot - capacity) // size][(slot - capacity) % size]
         return out
 
     # ------------------------------------------------------------------ filling (tf.data's decode threads)

@@ -84,7 +84,7 @@ class TrainConfig:
     max_image_pixels: int = _option(16_000_000, "images with more pixels than this (width x height, for an animation all its frames) are skipped before decoding")
     max_image_bytes: int = _option(64 << 20, "image files, zip members and pack entries larger than this many bytes are skipped unread")
     # Decode once (animegan/data/pixel_cache.py): 12 KB of pixels per image, the rest spills to local disk.
-    cache_memory: str = _option("25%", "memory each worker keeps decoded pixels in, so that only the first epoch decodes: a size (512MiB, 4GB), a percentage of the available memory, shared by a machine's workers (default 25 percent), 0 (all on local disk) or off")
+    cache_memory: str = _option("25%", "memory each worker keeps decoded pixels in, so that only the first epoch decodes: a size (512MiB, 4GB), a percentage of the available memory, shared by a machine's workers, 0 (all on local disk) or off")
 
     # Cadence.
     log_every: int = _option(10, "steps between rows of metrics.jsonl")

@@ -12,6 +12,11 @@ runs epoch after epoch without end, so no worker ever runs out first.
 Raw files are shuffled item by item. Packed shards are read whole, in order
 (large sequential reads): the shards are shuffled per epoch, and the images
 within a window of each worker's stream.
+
+Each image is decoded once (animegan/data/pixel_cache.py): later epochs take its
+pixels from the worker's cache and read no file; a pack of decoded pixels
+(`data pack --decoded`) is never decoded at all. Either way the batches are the
+same, pixel for pixel and in order, as the decoding pipeline's.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import tensorflow as tf
 
 from animegan import storage
 from animegan.data.decode import ImageLimits, decode_image, problem_with
-from animegan.data.pixel_cache import IMAGE_SHAPE, PixelCache
+from animegan.data.pixel_cache import IMAGE_BYTES, IMAGE_SHAPE, PixelCache
 from animegan.data.sources import ImageSource, ReadResult, failure_reason
 
 logger = logging.getLogger(__name__)
@@ -183,6 +188,8 @@ def shard_images(
                     problem = cache.skip_reason(index)
                 elif isinstance(data, Exception):
                     problem = failure_reason(data)
+                elif source.decoded:
+                    problem = None if len(data) == IMAGE_BYTES else f"{len(data)} bytes, not one image's pixels"
                 else:
                     problem = problem_with(data, limits)
                 if record:
@@ -231,34 +238,46 @@ _NO_BYTES = np.zeros(0, object)
 _NO_PIXELS = np.zeros((0, *IMAGE_SHAPE), np.uint8)
 
 
-def _cached_chunks(images: Iterator[tuple[int, "bytes | None"]], size: int,
-                   cache: PixelCache) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _cached_chunks(images: Iterator[tuple[int, "bytes | None"]], size: int, cache: PixelCache | None,
+                   decoded: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(positions, encoded bytes, pixels) chunks of up to `size` images in the stream's order, each
-    either all to decode (no pixels) or all from the cache (no positions or bytes)."""
+    either all to decode (no pixels) or all pixels (no positions or bytes): from the cache, or
+    from a source of `decoded` pixels (kept in the cache as they pass)."""
     pending: list[tuple[int, "bytes | None"]] = []
+
+    def kind(data: "bytes | None") -> str:
+        return "cached" if data is None else "pixels" if decoded else "encoded"
 
     def flush():
         positions = np.array([position for position, _ in pending], np.int64)
-        if pending[0][1] is None:
+        chunk_kind = kind(pending[0][1])
+        if chunk_kind == "cached":
             chunk = (_NO_POSITIONS, _NO_BYTES, cache.pixels(positions))
+        elif chunk_kind == "pixels":
+            pixels = np.frombuffer(b"".join(data for _, data in pending), np.uint8).reshape(-1, *IMAGE_SHAPE)
+            if cache is not None:
+                cache.store(positions, pixels)
+            chunk = (_NO_POSITIONS, _NO_BYTES, pixels)
         else:
             chunk = (positions, np.array([data for _, data in pending], dtype=object), _NO_PIXELS)
         pending.clear()
         return chunk
 
     for position, data in images:
-        if pending and (len(pending) == size or (pending[0][1] is None) != (data is None)):
+        if pending and (len(pending) == size or kind(pending[0][1]) != kind(data)):
             yield flush()
         pending.append((position, data))
     if pending:
         yield flush()
 
 
-def _decoded_into(cache: PixelCache):
+def _decoded_into(cache: PixelCache | None):
     """A tf.data map function that keeps a chunk's freshly decoded pixels in the cache and
     remembers the chunk's images that failed to decode as skipped."""
 
     def keep(requested: np.ndarray, positions: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        if cache is None:  # never called: a source of decoded pixels has nothing to decode
+            return pixels
         cache.store(positions, pixels)
         for position in np.setdiff1d(requested, positions):
             cache.skip(int(position), "could not be decoded")
@@ -272,7 +291,7 @@ def _decoded_into(cache: PixelCache):
 
 
 def _decode_chunk(positions: tf.Tensor, encoded: tf.Tensor, pixels: tf.Tensor,
-                  cache: PixelCache) -> tf.data.Dataset:
+                  cache: PixelCache | None) -> tf.data.Dataset:
     """One chunk's images as one uint8 [n, 64, 64, 3] element (none when n would be 0): its cached
     pixels as they are, or its encoded images decoded in parallel and kept in the cache."""
     cached = tf.data.Dataset.from_tensors(pixels).filter(lambda images: tf.shape(images)[0] > 0)
@@ -329,7 +348,7 @@ def training_dataset(
     # but still fails to decode is dropped. An error of the generator itself (the
     # storage failing for good) must reach the training loop as an error: a silent
     # end of data on one worker would leave the others waiting in a collective op.
-    if cache is None:
+    if cache is None and not source.decoded:
         chunks = tf.data.Dataset.from_generator(
             lambda: _chunks((data for _, data in images()), GENERATOR_CHUNK),
             output_signature=tf.TensorSpec([None], tf.string),
@@ -345,7 +364,7 @@ def training_dataset(
         dataset = dataset.batch(batch_size, drop_remainder=True)
     else:
         chunks = tf.data.Dataset.from_generator(
-            lambda: _cached_chunks(images(), GENERATOR_CHUNK, cache),
+            lambda: _cached_chunks(images(), GENERATOR_CHUNK, cache, source.decoded),
             output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string),
                               tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8)),
         )

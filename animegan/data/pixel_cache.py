@@ -175,10 +175,10 @@ class PixelCache:
 
     # ------------------------------------------------------------------ reading (the generator's thread)
 
-    def known(self, indices: np.ndarray) -> np.ndarray:
-        """Whether each item is decoded or skipped: those need no reading."""
+    def states_of(self, indices: np.ndarray) -> np.ndarray:
+        """UNKNOWN, DECODED or SKIPPED for each item: only unknown ones need reading."""
         with self._lock:
-            return self.states[indices] != UNKNOWN
+            return self.states[indices]
 
     def skip_reason(self, index: int) -> str | None:
         with self._lock:

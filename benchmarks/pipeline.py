@@ -290,10 +290,11 @@ def main() -> int:
             "batch_size": BATCH_SIZE, "flip": FLIP, "rotation_degrees": ROTATION, "shift_fraction": SHIFT,
             "rounds": rounds, "seconds_per_measurement": seconds, "quick": quick,
             "cases": cases, "raw_objects": min(raw_objects, len(paths)) if in_bucket else 0,
-            "packed_images": packed.images if packed else 0, "packed_shards": packed.shards if packed else 0, "shard_size": args.shard_size, "read_concurrency": read_concurrency(),
+            "packed_images": packed.images if packed else 0, "packed_shards": packed.shards if packed else 0,
+            "shard_size": args.shard_size, "read_concurrency": read_concurrency(),
             "data": args.data,
         },
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_at_start,
+        "machine": {"cpus": os.cpu_count(), "cpu_flags": vector_flags(), "load_average_at_start": load_at_start,
                     "load_average_at_end": os.getloadavg()},
     }
     print_table(medians, ratios)
@@ -302,6 +303,16 @@ def main() -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"Wrote {out}")
     return 0
+
+
+def vector_flags() -> list[str]:
+    """The CPU's vector and matrix extensions (AVX2, AVX-512, AMX...): figures differ several-fold between kinds."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(flag for flag in flags if flag.startswith(("avx", "amx", "fma")))
 
 
 def print_table(medians: dict[str, float], ratios: dict[str, float]) -> None:

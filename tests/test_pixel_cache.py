@@ -131,7 +131,8 @@ def test_the_memory_budget_holds_and_the_rest_spills_to_memory_mapped_files(fold
     assert cache.memory_bytes == 8 * IMAGE_BYTES <= budget
     spilled = cache.spill_files()
     assert len(spilled) == 5  # 20 of the 28 decodable images, in blocks of 4
-    assert sorted(path.name for path in (tmp_path / "spill").iterdir()) == [f"pixels-{block:05d}.u8" for block in range(5)]
+    names = [f"pixels-{block:05d}.u8" for block in range(5)]
+    assert sorted(path.name for path in (tmp_path / "spill").iterdir()) == names
     assert all((tmp_path / "spill" / name).stat().st_size == 4 * IMAGE_BYTES for name in spilled)
     # Pixels read back from disk are the decoded ones.
     on_disk = [index for index in range(len(items)) if cache.slots[index] >= cache.memory_capacity]
@@ -152,7 +153,8 @@ def test_no_memory_at_all_keeps_everything_on_disk(folder, tmp_path):
 def test_images_that_fail_stay_skipped_without_being_read_again(folder, tmp_path):
     source = open_source(str(folder))
     items = source.list_items()
-    truncated, undecodable = items.index(str(folder / "90-truncated.png")), items.index(str(folder / "91-undecodable.png"))
+    truncated = items.index(str(folder / "90-truncated.png"))
+    undecodable = items.index(str(folder / "91-undecodable.png"))
     cache = new_cache(items, tmp_path)
     batches(source, items, 8, cache=cache)
     assert cache.states[truncated] == cache.states[undecodable] == SKIPPED

@@ -35,7 +35,7 @@ import tensorflow as tf
 from animegan import storage
 from animegan.data.decode import ImageLimits, decode_image, problem_with
 from animegan.data.pixel_cache import DECODED, IMAGE_BYTES, IMAGE_SHAPE, UNKNOWN, PixelCache
-from animegan.data.sources import ImageSource, ReadResult, failure_reason
+from animegan.data.sources import ImageSource, failure_reason
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ def training_dataset(
             lambda positions, encoded, pixels: _decode_chunk(positions, encoded, pixels, cache),
             cycle_length=tf.data.AUTOTUNE, block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        ).rebatch(batch_size, drop_remainder=True)  # drop the remainder, as below
+        ).rebatch(batch_size, drop_remainder=True)  # full, equal batches, as above
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
 
     options = tf.data.Options()

@@ -116,17 +116,28 @@ REMEMBERED_SKIP = object()
 
 
 def _read_positions(source: ImageSource, items: Sequence[str], positions: np.ndarray,
-                    cache: PixelCache | None) -> Iterator[tuple[int, object]]:
+                    cache: PixelCache | None, runs: bool = False) -> Iterator[tuple[object, object]]:
     """(position, bytes or error) of each item in order; instead of bytes, None for an item whose
-    pixels the cache holds and REMEMBERED_SKIP for one it remembers as skipped: neither is read."""
+    pixels the cache holds and REMEMBERED_SKIP for one it remembers as skipped: neither is read.
+
+    With `runs`, consecutive items the cache holds come as one (array of positions, None):
+    per-image Python work would cost more than handing their pixels over.
+    """
     states = cache.states_of(positions) if cache is not None else np.zeros(len(positions), np.uint8)
     unread = positions[states == UNKNOWN]
     with contextlib.closing(source.read([items[position] for position in unread])) as results:
-        for position, state in zip(positions.tolist(), states.tolist()):
-            if state == UNKNOWN:
-                yield position, next(results)[1]
+        start = 0
+        for end in [*(np.flatnonzero(np.diff(states)) + 1).tolist(), len(positions)]:
+            state = states[start]
+            if runs and state == DECODED:
+                yield positions[start:end], None
             else:
-                yield position, None if state == DECODED else REMEMBERED_SKIP
+                for position in positions[start:end].tolist():
+                    if state == UNKNOWN:
+                        yield position, next(results)[1]
+                    else:
+                        yield position, None if state == DECODED else REMEMBERED_SKIP
+            start = end
 
 
 def _shard_reads(source: ImageSource, items: Sequence[str], shard: np.ndarray, skip: int,
@@ -134,7 +145,7 @@ def _shard_reads(source: ImageSource, items: Sequence[str], shard: np.ndarray, s
                  cache: PixelCache | None = None) -> Iterator[tuple[int, "bytes | Exception | None"]]:
     """(position, data) of this worker's shard from position `skip`; shuffled within windows if window_size."""
     if not window_size:
-        yield from _read_positions(source, items, shard[skip:], cache)
+        yield from _read_positions(source, items, shard[skip:], cache, runs=True)
         return
     # Whole windows are read (sequentially) and shuffled; resuming mid-window re-reads
     # that window and drops what was already consumed, so the order is exactly the same.
@@ -176,7 +187,8 @@ def shard_images(
     cache: PixelCache | None = None,
 ) -> Iterator[tuple[int, "bytes | None"]]:
     """(position in `items`, encoded bytes) of this worker's readable items, epoch after epoch, in
-    the pipeline's order; bytes are None for an item whose pixels `cache` holds (it is not read).
+    the pipeline's order; bytes are None for an item whose pixels `cache` holds (it is not read),
+    and a run of those may come as one (array of positions, None).
 
     Items the cache remembers as skipped are skipped again, with their reason,
     without being read. `recorded=False` keeps a side read (a preview) out of the
@@ -193,6 +205,13 @@ def shard_images(
             readable = 0
             window = shuffle_window if runs is not None else None
             for index, data in _shard_reads(source, items, shard, skip, window, (seed, epoch, rank), cache):
+                if isinstance(index, np.ndarray):  # a run of images the cache holds: nothing to read or check
+                    if record:
+                        record.writelines(f"{epoch}\t{items[position]}\tread\n" for position in index.tolist())
+                    stats.read += len(index)
+                    readable += len(index)
+                    yield index, None
+                    continue
                 item = items[index]
                 if data is None:
                     problem = None
@@ -250,18 +269,20 @@ _NO_BYTES = np.zeros(0, object)
 _NO_PIXELS = np.zeros((0, *IMAGE_SHAPE), np.uint8)
 
 
-def _cached_chunks(images: Iterator[tuple[int, "bytes | None"]], cache: PixelCache | None,
+def _cached_chunks(images: Iterator[tuple[object, "bytes | None"]], cache: PixelCache | None,
                    decoded: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(positions, encoded bytes, pixels) chunks in the stream's order, each either up to
     GENERATOR_CHUNK images to decode (no pixels) or up to PIXEL_CHUNK pixels (no positions or
     bytes): from the cache, or from a source of `decoded` pixels (kept in the cache as they pass)."""
-    pending: list[tuple[int, "bytes | None"]] = []
+    pending: list[tuple[object, "bytes | None"]] = []  # (a position or an array of them, data)
+    count = 0
 
     def kind(data: "bytes | None") -> str:
         return "cached" if data is None else "pixels" if decoded else "encoded"
 
     def flush():
-        positions = np.array([position for position, _ in pending], np.int64)
+        nonlocal count
+        positions = np.concatenate([np.asarray(position, np.int64).reshape(-1) for position, _ in pending])
         chunk_kind = kind(pending[0][1])
         if chunk_kind == "cached":
             chunk = (_NO_POSITIONS, _NO_BYTES, cache.pixels(positions))
@@ -273,13 +294,25 @@ def _cached_chunks(images: Iterator[tuple[int, "bytes | None"]], cache: PixelCac
         else:
             chunk = (positions, np.array([data for _, data in pending], dtype=object), _NO_PIXELS)
         pending.clear()
+        count = 0
         return chunk
 
     for position, data in images:
-        if pending and (kind(pending[0][1]) != kind(data)
-                        or len(pending) == (GENERATOR_CHUNK if kind(data) == "encoded" else PIXEL_CHUNK)):
+        limit = GENERATOR_CHUNK if kind(data) == "encoded" else PIXEL_CHUNK
+        if pending and kind(pending[0][1]) != kind(data):
             yield flush()
-        pending.append((position, data))
+        run = position if isinstance(position, np.ndarray) else None
+        while run is not None and len(run):
+            if count == limit:
+                yield flush()
+            part, run = run[:limit - count], run[limit - count:]
+            pending.append((part, None))
+            count += len(part)
+        if run is None:
+            if count == limit:
+                yield flush()
+            pending.append((position, data))
+            count += 1
     if pending:
         yield flush()
 

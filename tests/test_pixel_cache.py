@@ -5,6 +5,9 @@ disk), and images that fail stay skipped."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -166,6 +169,29 @@ def test_images_that_fail_stay_skipped_without_being_read_again(folder, tmp_path
     batches(source, items, 7, cache=cache, position=DataPosition(epoch=1), stats=stats, repeat=False)
     assert stats.skipped == 2 and any("could not be decoded" in example for example in stats.examples)
     assert cache.states[undecodable] == SKIPPED
+
+
+def test_a_cache_that_fits_in_memory_leaves_nothing_on_disk(folder, tmp_path):
+    source = open_source(str(folder))
+    items = source.list_items()
+    cache = new_cache(items, tmp_path)
+    batches(source, items, 8, cache=cache)
+    assert cache.decoded == COUNT - 2 and cache.disk_bytes == 0
+    assert not (tmp_path / "spill").exists()
+
+
+def test_spill_folders_of_processes_that_are_gone_are_removed(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    abandoned = tmp_path / f"animegan-pixels-{gone.pid}-0123456789ab-x"
+    abandoned.mkdir()
+    (abandoned / "pixels-00000.u8").write_bytes(bytes(IMAGE_BYTES))
+    alive = tmp_path / f"animegan-pixels-{os.getpid()}-0123456789ab-y"
+    alive.mkdir()
+    unrelated = tmp_path / "animegan-pixels-notapid"
+    unrelated.mkdir()
+    assert pixel_cache.remove_abandoned_spills(str(tmp_path)) == [str(abandoned)]
+    assert not abandoned.exists() and alive.exists() and unrelated.exists()
 
 
 def test_store_and_skip_never_overwrite_a_known_item(tmp_path):

@@ -21,6 +21,8 @@ Invariants:
 - One lock guards states, slots and blocks: tf.data's decode threads store,
   the generator's thread reads.
 - Nothing is persisted: a restarted or resumed worker fills a new cache, lazily.
+  Spill files go with the cache or the process; those of a process killed
+  outright are removed by the next cache that spills on the machine.
 """
 
 from __future__ import annotations
@@ -160,10 +162,9 @@ class PixelCache:
         self.block_images = block_images
         self.block_bytes = block_images * IMAGE_BYTES
         self.memory_capacity = (memory_budget // self.block_bytes) * block_images
-        self.folder = folder or tempfile.mkdtemp(prefix=f"animegan-pixels-{key[:12]}-")
-        os.makedirs(self.folder, exist_ok=True)
-        # Spill files go when the cache does, or at the latest when the process ends.
-        self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        # Made at the first spill: a cache that fits in memory leaves nothing on disk.
+        self.folder = folder
+        self._remove_folder: weakref.finalize | None = None
         self.states = np.zeros(count, np.uint8)
         self.slots = np.full(count, -1, np.int64)
         self.reasons: dict[int, str] = {}
@@ -251,7 +252,8 @@ class PixelCache:
         with self._lock:
             self._memory_blocks.clear()
             self._disk_blocks.clear()
-        self._remove_folder()
+        if self._remove_folder is not None:
+            self._remove_folder()
 
     # ------------------------------------------------------------------ blocks (under the lock)
 
@@ -272,8 +274,9 @@ class PixelCache:
         if spilled // self.block_images == len(self._disk_blocks):
             if self._disk_full:
                 return None
-            path = os.path.join(self.folder, f"pixels-{len(self._disk_blocks):05d}.u8")
+            path = None
             try:
+                path = os.path.join(self._spill_folder(), f"pixels-{len(self._disk_blocks):05d}.u8")
                 with open(path, "wb") as file:
                     # Allocated now, so that writing through the map cannot hit a full disk (SIGBUS).
                     os.posix_fallocate(file.fileno(), 0, self.block_bytes)
@@ -282,10 +285,52 @@ class PixelCache:
                 self._disk_full = True
                 logger.warning("pixel cache: cannot spill to %s (%s); images beyond %d are decoded every epoch",
                                self.folder, error, slot)
-                with contextlib.suppress(OSError):
-                    os.remove(path)
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
                 return None
         return self._place(slot)
+
+    def _spill_folder(self) -> str:
+        if self._remove_folder is None:
+            if self.folder is None:
+                remove_abandoned_spills()
+                self.folder = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-{self.key[:12]}-")
+            os.makedirs(self.folder, exist_ok=True)
+            # Spill files go when the cache does, or at the latest when the process ends.
+            self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        return self.folder
+
+
+SPILL_PREFIX = "animegan-pixels-"
+
+
+def remove_abandoned_spills(parent: str | None = None) -> list[str]:
+    """Deletes the spill folders of processes that are gone; their paths.
+
+    A worker killed outright (a Ray worker group torn down, SIGKILL) never runs its
+    clean-up, and its spill files would fill the local disk run after run. The
+    folder's name holds its process id, so the next cache on the machine removes them.
+    """
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(parent):
+        match = re.fullmatch(re.escape(SPILL_PREFIX) + r"(\d+)-.*", name)
+        if not match or _is_alive(int(match.group(1))):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 # One cache per process: a new key replaces it, so that two caches never share the budget.

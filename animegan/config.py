@@ -83,6 +83,8 @@ class TrainConfig:
     # Untrusted images (animegan/data/header.py): larger ones are skipped unread and counted, as corrupt ones are.
     max_image_pixels: int = _option(16_000_000, "images with more pixels than this (width x height, for an animation all its frames) are skipped before decoding")
     max_image_bytes: int = _option(64 << 20, "image files, zip members and pack entries larger than this many bytes are skipped unread")
+    # Decode once (animegan/data/pixel_cache.py): 12 KB of pixels per image, the rest spills to local disk.
+    cache_memory: str = _option("25%", "memory each worker keeps decoded pixels in, so that only the first epoch decodes: a size (512MiB, 4GB), a percentage of the available memory, shared by a machine's workers, 0 (all on local disk) or off")
 
     # Cadence.
     log_every: int = _option(10, "steps between rows of metrics.jsonl")
@@ -214,6 +216,9 @@ class TrainConfig:
         if self.eval_samples < 4:
             raise ValueError(f"--eval-samples must be at least 4 (KID compares subsets of half of them), "
                              f"got {self.eval_samples}")
+        from animegan.data.pixel_cache import parse_cache_memory  # numpy only: no TensorFlow in the driver
+
+        parse_cache_memory(self.cache_memory)
         if not self.inception_weights.strip():
             raise ValueError("--inception-weights is empty; give fid, random, or a copy of the FID weights folder")
         replicas = self.replicas

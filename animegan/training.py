@@ -105,6 +105,7 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
 
     from animegan import checkpoint as checkpoints
     from animegan import storage
+    from animegan.data import pixel_cache
     from animegan.data.decode import ImageLimits
     from animegan.data.index import DataIndex
     from animegan.data.pipeline import DataPosition, ReadStats, next_batch, to_uint8, training_dataset
@@ -150,13 +151,16 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
     if latest is None:
         epoch, skip_items = 0, 0
     stats = ReadStats()
+    # Decode once: later epochs read this worker's pixels, not files; rebuilt lazily after a resume.
+    limits = ImageLimits.of(config)
+    cache = pixel_cache.cache_for(source, index.items, limits, config.cache_memory, context.get_local_world_size())
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return training_dataset(
             source, index.items,
             batch_size=input_context.get_per_replica_batch_size(config.batch_size),
             rank=rank, world_size=world_size, seed=config.seed,
-            position=DataPosition(epoch, skip_items), stats=stats, limits=ImageLimits.of(config),
+            position=DataPosition(epoch, skip_items), stats=stats, limits=limits, cache=cache,
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))

@@ -7,6 +7,7 @@ Measured in one run on this machine, each as batches of 64 augmented 64x64 image
   (c) zip                 ... from the zip archive, read in place
   (d) gcs_raw             ... from raw objects in a bucket of the GCS emulator (concurrent fetches)
   (e) gcs_packed          ... from `animegan data pack` shards in the emulator bucket
+  (f) cached              ... from (b)'s decode-once cache, filled by one epoch beforehand (no files read)
   train_step              one training step of the default model (noise 300, width 64, batch 64)
 and, to show the storage alone, (d) and (e) reading encoded bytes without decoding
 them (gcs_raw_read, gcs_packed_read). The cases are measured in interleaved rounds and each reports its median, so
@@ -16,6 +17,7 @@ issue sets targets for come from the same run.
     .venv/bin/python benchmarks/pipeline.py               # about 10 minutes
     .venv/bin/python benchmarks/pipeline.py --quick       # about 2 minutes: checks that the script works
     .venv/bin/python benchmarks/pipeline.py --data ~/Downloads/archive.zip --out /tmp/pipeline.json
+    .venv/bin/python benchmarks/pipeline.py --cases local,cached   # a subset (ratios of the cases measured)
 
 Needs the real faces zip: --data, else $ANIMEGAN_REAL_FACES, else shared/data/anime-faces-64.zip
 beside the checkout (or beside the folder of worktrees). It is extracted to a
@@ -49,13 +51,15 @@ TARGETS = {  # from the issue: minimum ratios
     "local_over_imagedatagenerator": 2.5,
     "gcs_packed_over_gcs_raw": 20.0,
     "gcs_packed_over_train_step": 5.0,
+    "cached_over_local": 20.0,  # issue 17: the decode-once cache against today's decode pipeline
 }
-CASES = ["imagedatagenerator", "local", "zip", "gcs_raw", "gcs_packed", "gcs_raw_read", "gcs_packed_read",
+CASES = ["imagedatagenerator", "local", "zip", "cached", "gcs_raw", "gcs_packed", "gcs_raw_read", "gcs_packed_read",
          "train_step"]
 LABELS = {
     "imagedatagenerator": "(a) ImageDataGenerator, local folder",
     "local": "(b) pipeline, local folder",
     "zip": "(c) pipeline, zip archive",
+    "cached": "(f) pipeline, decode-once cache filled",
     "gcs_raw": "(d) pipeline, raw objects in bucket",
     "gcs_packed": "(e) pipeline, packed shards in bucket",
     "gcs_raw_read": "(d) storage reads only, no decoding",
@@ -79,7 +83,14 @@ def parse_args() -> argparse.Namespace:
                         help="shard size for (e) (default 8MiB: one read request per shard on the emulator)")
     parser.add_argument("--raw-objects", type=int,
                         help="images uploaded as single objects for (d) (default 2000, quick 256)")
-    return parser.parse_args()
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"comma-separated cases to measure (default all: {','.join(CASES)})")
+    args = parser.parse_args()
+    args.cases = [case.strip() for case in args.cases.split(",") if case.strip()]
+    unknown = sorted(set(args.cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    return args
 
 
 def measure(batches: Iterator, seconds: float, warmup: int, images_in: Callable[[object], int]) -> float:
@@ -110,6 +121,28 @@ def pipeline_batches(url: str) -> Iterator:
     items = list_images(source)
     # uint8 pixels: the training step augments them on the device.
     dataset = training_dataset(source, items, batch_size=BATCH_SIZE, seed=0)
+    return iter(dataset)
+
+
+def cached_batches(url: str) -> Iterator:
+    """The pipeline from the second epoch on: one epoch fills the decode-once cache, then the
+    measured pipeline (epoch 1 onwards) reads pixels from it and no files."""
+    from animegan.data.decode import ImageLimits
+    from animegan.data.pipeline import DataPosition, training_dataset
+    from animegan.data.pixel_cache import cache_for
+    from animegan.data.sources import list_images, open_source
+
+    source = open_source(url)
+    items = list_images(source)
+    cache = cache_for(source, items, ImageLimits())
+    started = time.perf_counter()
+    for _ in training_dataset(source, items, batch_size=BATCH_SIZE, seed=0, repeat=False, recorded=False,
+                              cache=cache):
+        pass
+    print(f"  filled the cache with {cache.decoded:,} images in {time.perf_counter() - started:.1f} s "
+          f"({cache.memory_bytes / 1e6:.0f} MB in memory, {cache.disk_bytes / 1e6:.0f} MB on disk)", flush=True)
+    dataset = training_dataset(source, items, batch_size=BATCH_SIZE, seed=0, position=DataPosition(epoch=1),
+                               cache=cache)
     return iter(dataset)
 
 
@@ -192,62 +225,76 @@ def main() -> int:
         scratch = Path(scratch)
         print(f"Extracting {args.data} to {scratch}", flush=True)
         paths = extract(args.data, scratch / "faces", limit=2000 if quick else None)
+        cases = [case for case in CASES if case in args.cases]  # in the table's order
+        in_bucket = any(case.startswith("gcs_") for case in cases)
         emulator = GCSEmulator(port, scratch / "gcs")
-        emulator.start()
+        packed = None
+        if in_bucket:
+            emulator.start()
         try:
-            bucket = emulator.make_bucket("bench")
-            print(f"Uploading {min(raw_objects, len(paths)):,} images as single objects to {bucket}/raw", flush=True)
-            upload(paths[:raw_objects], f"{bucket}/raw")
-            print(f"Packing {len(paths):,} images into {bucket}/packed", flush=True)
-            packed = pack(str(scratch / "faces"), f"{bucket}/packed", shard_bytes=parse_size(args.shard_size),
-                          log=lambda message: None, progress=PackProgress(len(paths), interval=10.0))
-            print(f"  {packed.images:,} images in {packed.shards} shard(s), {packed.bytes / 1e6:.1f} MB", flush=True)
+            bucket = emulator.make_bucket("bench") if in_bucket else None
+            if in_bucket:
+                print(f"Uploading {min(raw_objects, len(paths)):,} images as single objects to {bucket}/raw",
+                      flush=True)
+                upload(paths[:raw_objects], f"{bucket}/raw")
+                print(f"Packing {len(paths):,} images into {bucket}/packed", flush=True)
+                packed = pack(str(scratch / "faces"), f"{bucket}/packed", shard_bytes=parse_size(args.shard_size),
+                              log=lambda message: None, progress=PackProgress(len(paths), interval=10.0))
+                print(f"  {packed.images:,} images in {packed.shards} shard(s), {packed.bytes / 1e6:.1f} MB",
+                      flush=True)
 
             images_in = {"imagedatagenerator": len, "train_step": int, "gcs_raw_read": int, "gcs_packed_read": int}
             sources = {
                 "imagedatagenerator": lambda: imagedatagenerator_batches(scratch / "faces"),
                 "local": lambda: pipeline_batches(str(scratch / "faces")),
                 "zip": lambda: pipeline_batches(args.data),
+                "cached": lambda: cached_batches(str(scratch / "faces")),
                 "gcs_raw": lambda: pipeline_batches(f"{bucket}/raw"),
                 "gcs_packed": lambda: pipeline_batches(f"{bucket}/packed"),
                 "gcs_raw_read": lambda: read_only_batches(f"{bucket}/raw"),
                 "gcs_packed_read": lambda: read_only_batches(f"{bucket}/packed"),
                 "train_step": train_step_batches,
             }
-            batches = {case: sources[case]() for case in CASES}
-            results: dict[str, list[float]] = {case: [] for case in CASES}
+            batches = {case: sources[case]() for case in cases}
+            results: dict[str, list[float]] = {case: [] for case in cases}
             for round_index in range(rounds):
-                for case in CASES:
+                for case in cases:
                     # The training step is slow (about a second): fewer warm-up steps, same time.
                     warmup = 2 if case == "train_step" else 10
                     rate = measure(batches[case], seconds, warmup, images_in.get(case, lambda batch: len(batch)))
                     results[case].append(rate)
                     print(f"  round {round_index + 1}/{rounds}  {case:<20} {rate:10,.0f} images/s", flush=True)
         finally:
-            emulator.stop()
+            if in_bucket:
+                emulator.stop()
 
     medians = {case: statistics.median(values) for case, values in results.items()}
-    ratios = {
-        "local_over_imagedatagenerator": medians["local"] / medians["imagedatagenerator"],
-        "gcs_packed_over_gcs_raw": medians["gcs_packed"] / medians["gcs_raw"],
-        "gcs_packed_over_train_step": medians["gcs_packed"] / medians["train_step"],
+    ratio_cases = {
+        "local_over_imagedatagenerator": ("local", "imagedatagenerator"),
+        "gcs_packed_over_gcs_raw": ("gcs_packed", "gcs_raw"),
+        "gcs_packed_over_train_step": ("gcs_packed", "train_step"),
+        "cached_over_local": ("cached", "local"),
         # No target: what packing buys the storage reads alone.
-        "gcs_packed_read_over_gcs_raw_read": medians["gcs_packed_read"] / medians["gcs_raw_read"],
+        "gcs_packed_read_over_gcs_raw_read": ("gcs_packed_read", "gcs_raw_read"),
     }
+    # Only ratios of cases measured in this run.
+    ratios = {name: medians[top] / medians[bottom] for name, (top, bottom) in ratio_cases.items()
+              if top in medians and bottom in medians}
     report = {
         "images_per_sec": medians,
         "rounds": results,
         "ratios": ratios,
         "targets": TARGETS,
-        "targets_met": {name: ratios[name] >= target for name, target in TARGETS.items()},
+        "targets_met": {name: ratios[name] >= target for name, target in TARGETS.items() if name in ratios},
         "settings": {
             "batch_size": BATCH_SIZE, "flip": FLIP, "rotation_degrees": ROTATION, "shift_fraction": SHIFT,
             "rounds": rounds, "seconds_per_measurement": seconds, "quick": quick,
-            "raw_objects": min(raw_objects, len(paths)), "packed_images": packed.images,
-            "packed_shards": packed.shards, "shard_size": args.shard_size, "read_concurrency": read_concurrency(),
+            "cases": cases, "raw_objects": min(raw_objects, len(paths)) if in_bucket else 0,
+            "packed_images": packed.images if packed else 0, "packed_shards": packed.shards if packed else 0,
+            "shard_size": args.shard_size, "read_concurrency": read_concurrency(),
             "data": args.data,
         },
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": load_at_start,
+        "machine": {"cpus": os.cpu_count(), "cpu_flags": vector_flags(), "load_average_at_start": load_at_start,
                     "load_average_at_end": os.getloadavg()},
     }
     print_table(medians, ratios)
@@ -258,12 +305,24 @@ def main() -> int:
     return 0
 
 
+def vector_flags() -> list[str]:
+    """The CPU's vector and matrix extensions (AVX2, AVX-512, AMX...): figures differ several-fold between kinds."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(flag for flag in flags if flag.startswith(("avx", "amx", "fma")))
+
+
 def print_table(medians: dict[str, float], ratios: dict[str, float]) -> None:
-    baseline = medians["imagedatagenerator"]
+    # Against (a) when it was measured, else against the first case measured.
+    baseline_case = "imagedatagenerator" if "imagedatagenerator" in medians else next(iter(medians))
+    baseline = medians[baseline_case]
     print()
-    print(f"| {'case':<40} | {'images/s':>10} | {'vs (a)':>7} |")
+    print(f"| {'case':<40} | {'images/s':>10} | {'vs ' + LABELS[baseline_case][:3]:>7} |")
     print(f"| {'-' * 40} | {'-' * 9}: | {'-' * 6}: |")
-    for case in CASES:
+    for case in medians:
         print(f"| {LABELS[case]:<40} | {medians[case]:>10,.0f} | {medians[case] / baseline:>6.1f}x |")
     print()
     for name, value in ratios.items():

@@ -27,7 +27,8 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
             continue
         flag = flag_for(config_field)
         default = config_field.default
-        help_text = f"{config_field.metadata['help']} (default: {default})"
+        # argparse formats help with %: a literal one (a default of 25%) must be doubled.
+        help_text = f"{config_field.metadata['help']} (default: {default})".replace("%", "%%")
         if str(config_field.type) in ("bool", "bool | None"):
             group.add_argument(flag, dest=config_field.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import tensorflow as tf
 
 from animegan import storage
-from animegan.data.decode import problem_with
+from animegan.data.decode import decode_image, problem_with
 from animegan.data.shards import (
     Manifest,
     PackParameters,
@@ -130,8 +131,13 @@ def pack(
     log: Callable[[str], None] = print,
     progress: PackProgress | None = None,
     on_shard: Callable[[ShardInfo], None] | None = None,
+    decoded: bool = False,
 ) -> PackResult:
-    """Packs every image of `source_url` into shards at `destination`; resumes a pack left unfinished."""
+    """Packs every image of `source_url` into shards at `destination`; resumes a pack left unfinished.
+
+    With `decoded`, each image is stored as the uint8 64x64x3 pixels the pipeline
+    would decode it to, so that training decodes nothing.
+    """
     started = time.monotonic()
     source_url = storage.absolute(source_url)
     folder = storage.absolute(pack_folder(destination))
@@ -142,7 +148,7 @@ def pack(
     parameters = PackParameters(
         source=source_url, source_images=len(items),
         listing_sha256=hashlib.sha256("\n".join(items).encode("utf-8")).hexdigest(),
-        seed=seed, shard_bytes=shard_bytes,
+        seed=seed, shard_bytes=shard_bytes, decoded=decoded,
     )
     storage.makedirs(folder)
     kept = _verified_shards(folder, parameters, log)
@@ -178,6 +184,8 @@ def pack(
         for offset, (item, data) in enumerate(source.read(remaining)):
             here = position + offset
             problem = failure_reason(data) if isinstance(data, Exception) else problem_with(data)
+            if decoded and not problem:
+                data, problem = _pixels(data)
             if problem:
                 skipped.append(f"{item}: {problem}")
             else:
@@ -205,6 +213,14 @@ def pack(
                       reused_shards=len(kept), bytes=written, seconds=time.monotonic() - started)
 
 
+def _pixels(data: bytes) -> tuple[bytes, str | None]:
+    """The pixels the training pipeline decodes `data` to, as bytes; or why it cannot."""
+    try:
+        return decode_image(tf.constant(data)).numpy().tobytes(), None
+    except tf.errors.OpError:
+        return b"", "could not be decoded"
+
+
 def _verified_shards(folder: str, parameters: PackParameters, log: Callable[[str], None]) -> list[ShardInfo]:
     """The shards already at `folder` from an earlier run with the same parameters, verified, in order."""
     manifest_url = storage.join(folder, PACK_MANIFEST)
@@ -218,7 +234,7 @@ def _verified_shards(folder: str, parameters: PackParameters, log: Callable[[str
         while record_name(shard_name(len(records))) in names:
             record_url = storage.join(folder, record_name(shard_name(len(records))))
             values = read_json(record_url)
-            _check_same_pack(PackParameters(**{field.name: values.pop(field.name)
+            _check_same_pack(PackParameters(**{field.name: values.pop(field.name, field.default)
                                               for field in dataclasses.fields(PackParameters)}),
                              parameters, folder)
             records.append(checked_shard(values, record_url))

@@ -81,6 +81,9 @@ class PackParameters:
     listing_sha256: str
     seed: int
     shard_bytes: int
+    # `data pack --decoded`: members are decoded uint8 64x64x3 pixels (12,288 bytes,
+    # row-major RGB), not encoded images, and the pipeline decodes nothing.
+    decoded: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,10 @@ class Manifest:
                              f"this one reads version {VERSION}")
         try:
             parameters = PackParameters(**{field.name: values[field.name]
-                                           for field in dataclasses.fields(PackParameters)})
+                                           for field in dataclasses.fields(PackParameters)
+                                           if field.name in values or field.default is dataclasses.MISSING})
+            if not isinstance(parameters.decoded, bool):
+                raise ValueError(f"pack manifest {url} is damaged: \"decoded\" is not true or false")
             shards = [checked_shard(shard, url) for shard in values["shards"]]
         except (KeyError, TypeError) as error:
             raise ValueError(f"pack manifest {url} is damaged: {error}") from None
@@ -150,6 +156,17 @@ def checked_shard(values: Any, where: str) -> ShardInfo:
                              f"shard's {shard.bytes} bytes: refusing the pack")
         end = offset + size
     return shard
+
+
+def _check_pixel_members(manifest: Manifest, where: str) -> None:
+    """Refuses a decoded pack whose members are not each exactly one image of pixels."""
+    from animegan.data.pixel_cache import IMAGE_BYTES
+
+    for shard in manifest.shards:
+        for name, _, size in shard.members:
+            if size != IMAGE_BYTES:
+                raise ValueError(f"pack manifest {where} is damaged: {shard.name} member {name!r} has {size} "
+                                 f"bytes, not one decoded image's {IMAGE_BYTES}: refusing the pack")
 
 
 def pack_folder(url: str) -> str:
@@ -243,6 +260,9 @@ class PackedSource(ImageSource):
         self.folder = pack_folder(url)
         self.manifest = load_manifest(url)
         self.chunk_bytes = chunk_bytes
+        self.decoded = self.manifest.parameters.decoded
+        if self.decoded:
+            _check_pixel_members(self.manifest, storage.join(self.folder, PACK_MANIFEST))
         self.fs, _ = storage.filesystem(self.folder)
         self._check_shard_sizes()
         self._paths = {shard.name: storage.filesystem(storage.join(self.folder, shard.name))[1]

@@ -137,6 +137,9 @@ def failure_reason(error: Exception) -> str:
 class ImageSource(abc.ABC):
     """Encoded images behind a URL."""
 
+    # True for a pack of decoded pixels (`data pack --decoded`): items are uint8 64x64x3 arrays.
+    decoded = False
+
     def __init__(self, url: str, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES):
         self.url = url
         self.max_item_bytes = max_item_bytes

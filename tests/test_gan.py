@@ -26,8 +26,9 @@ def test_first_step_losses_are_those_of_an_undecided_discriminator():
     step = make_train_step(state, TINY, strategy)
     images = random_pixels([0, 1])
     d_loss, g_loss, d_real, d_fake = step(images).numpy()
-    # D outputs ~0.5 on everything at initialisation: each BCE term is ln 2.
-    assert d_loss == pytest.approx(2 * math.log(2), abs=0.15)
+    # D outputs ~0.5 on everything at initialisation: each BCE term is ln 2. Batch norm at D's input
+    # spreads its first logits (1.54 on this batch); a loss scaled by the wrong batch would be off by 2x.
+    assert d_loss == pytest.approx(2 * math.log(2), abs=0.3)
     # G is scored by the discriminator *after* its update in the same step (alternating updates),
     # which already pushes generated images below 0.5: G's loss is above chance.
     assert math.log(2) < g_loss < 3.0

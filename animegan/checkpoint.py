@@ -67,14 +67,6 @@ class CheckpointInfo:
     config: dict[str, Any]
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def written(state, *, step: int, epoch: int, skip_items: int, fixed_noise: np.ndarray,
             config: TrainConfig) -> Iterator[str]:
@@ -124,7 +116,7 @@ def write_checkpoint(directory: str, state, *, step: int, epoch: int, skip_items
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
         if name != STATE_FILE and os.path.isfile(path):
-            files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+            files[name] = {"bytes": os.path.getsize(path), "sha256": storage.sha256_of_file(path)}
     document = {
         "format": FORMAT_VERSION,
         "step": int(step),
@@ -332,7 +324,7 @@ def download(url: str) -> str:
             else:
                 fs, path = storage.filesystem(url)
                 fs.get_file(f"{path.rstrip('/')}/{name}", target)
-            if _sha256(target) != expected["sha256"]:
+            if storage.sha256_of_file(target) != expected["sha256"]:
                 raise CorruptCheckpoint(f"{name} does not match its checksum in {STATE_FILE}")
         with open(os.path.join(local, STATE_FILE), "w", encoding="utf-8") as file:
             json.dump(document, file)

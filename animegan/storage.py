@@ -14,6 +14,7 @@ replacing or climbing out of the base.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import re
@@ -84,6 +85,15 @@ def redacted(value: Any) -> Any:
 def _storage_options(protocol: str) -> dict[str, Any]:
     token = os.environ.get(GCS_TOKEN_VARIABLE)
     return {"token": token} if token and protocol in {"gs", "gcs"} else {}
+
+
+def sha256_of_file(path: str) -> str:
+    """The SHA-256 of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def split_protocol(url: str) -> tuple[str, str]:

@@ -212,7 +212,8 @@ def test_two_fid_weights_commands_at_once_leave_one_complete_cache(fid_weights, 
     import sys
 
     from animegan.cli import main
-    from animegan.metrics.fid_weights import read_manifest, sha256_of_file
+    from animegan.metrics.fid_weights import read_manifest
+    from animegan.storage import sha256_of_file
 
     cache = tmp_path / "cache"
     environment = {**os.environ, "ANIMEGAN_CACHE": str(cache)}

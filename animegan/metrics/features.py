@@ -37,7 +37,7 @@ import numpy as np
 from animegan import storage
 from animegan.metrics.feature_set import FeatureSet
 from animegan.metrics.fid_weights import (FILL_COMMAND, MANIFEST_FILE, WEIGHTS_FILE, Manifest, cache_folder,
-                                          read_manifest, sha256_of_file)
+                                          read_manifest)
 
 BATCH_SIZE = 50
 
@@ -114,7 +114,7 @@ class InceptionExtractor:
             local = os.path.join(directory, WEIGHTS_FILE)
             fs, path = storage.filesystem(url)
             fs.get_file(path, local)
-        if not os.path.isfile(local) or sha256_of_file(local) != self.location.manifest.weights_sha256:
+        if not os.path.isfile(local) or storage.sha256_of_file(local) != self.location.manifest.weights_sha256:
             raise ValueError(f"{url} is missing or does not match its manifest's SHA-256 (corrupted or partly "
                              f"copied); run `{FILL_COMMAND}` again")
         return local

@@ -105,14 +105,6 @@ def read_manifest(folder: str) -> Manifest:
     return Manifest.from_json(storage.read_text(url), url)
 
 
-def sha256_of_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def identify(data: bytes, name: str) -> KnownSource:
     digest = hashlib.sha256(data).hexdigest()
     for known in KNOWN_SOURCES:
@@ -186,7 +178,7 @@ def convert(data: bytes, known: KnownSource, folder: str, log: Callable[[str], N
     try:
         model.save_weights(temporary)
         os.chmod(temporary, 0o644)  # mkstemp makes it private; the cache is readable like any other
-        manifest = Manifest(sha256_of_file(temporary), fid_inception.content_digest(weights), known.label,
+        manifest = Manifest(storage.sha256_of_file(temporary), fid_inception.content_digest(weights), known.label,
                             hashlib.sha256(data).hexdigest(), has_classifier)
         os.replace(temporary, os.path.join(folder, WEIGHTS_FILE))
     finally:
@@ -205,7 +197,7 @@ def cached_manifest(folder: str) -> Manifest | None:
     except ValueError:
         return None
     path = os.path.join(folder, WEIGHTS_FILE)
-    if not os.path.isfile(path) or sha256_of_file(path) != manifest.weights_sha256:
+    if not os.path.isfile(path) or storage.sha256_of_file(path) != manifest.weights_sha256:
         return None
     return manifest
 

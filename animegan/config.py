@@ -52,7 +52,7 @@ class TrainConfig:
     discriminator_width: int = _option(64, "discriminator base width; layers are 1x, 2x, 4x, 8x this")
     architecture: str = _option("dcgan", "layer layout: dcgan (Radford et al.'s ReLU generator; batch norm in every discriminator layer), dcgan-paper (the same without batch norm at D's input, as the paper has it: measured to learn faces slower; runs made before this option used it) or seed-notebook (LeakyReLU generator with biases, batch norm in every D layer)")
     spectral_norm: bool = _option(False, "spectrally normalise the discriminator's convolutions (Miyato et al., 2018)")
-    discriminator_batch_norm: bool = _option(True, "batch normalisation in the discriminator's hidden layers")
+    discriminator_batch_norm: bool = _option(True, "batch normalisation in the discriminator's layers (all but the first with --architecture dcgan-paper)")
     minibatch_std: int = _option(0, "images per group of the discriminator's minibatch standard deviation feature (0 turns it off)")
 
     # Losses and regularisation.

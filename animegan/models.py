@@ -8,10 +8,11 @@ Three layouts (`--architecture`), the same four stride-2 stages and widths:
   generator of batch norm and ReLU with no biases before batch norm, and a
   discriminator without batch norm at its input;
 - "dcgan" (the default): the same with batch norm after the discriminator's
-  first convolution too. Bisected on the real faces (benchmarks/quality.py
-  variant p), that one layer is what made the paper's layout learn slower than
-  the seed notebook: with everything else equal, standard FID after 150 steps
-  fell from 346 to 296. Real and generated images reach D in separate
+  first convolution too. Bisected on the real faces through animegan's own
+  step (README, design notes), that one layer is what made the paper's layout
+  learn slower than the seed notebook: with everything else equal, standard
+  FID after 150 steps fell from 346 to 296 (benchmarks/quality.py variant p
+  measures it at full length). Real and generated images reach D in separate
   batches, so D's first layer normalises each batch's colours on its own;
 - "seed-notebook", as the notebook animegan grew from: a generator with biases
   everywhere, no batch norm or activation after the projection, batch norm and

@@ -27,7 +27,6 @@ temporary folder, never into the repository.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -44,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from tests.support.gcs_emulator import GCSEmulator  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from real_faces import real_faces_path  # noqa: E402  (this folder is on sys.path: scripts run from it)
+from report import vector_flags, write_json  # noqa: E402
 
 BATCH_SIZE = 64
 FLIP, ROTATION, SHIFT = True, 10.0, 0.1  # TrainConfig's defaults, the notebook's settings
@@ -298,21 +298,8 @@ def main() -> int:
                     "load_average_at_end": os.getloadavg()},
     }
     print_table(medians, ratios)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"Wrote {out}")
+    write_json(args.out, report)
     return 0
-
-
-def vector_flags() -> list[str]:
-    """The CPU's vector and matrix extensions (AVX2, AVX-512, AMX...): figures differ several-fold between kinds."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return sorted(flag for flag in flags if flag.startswith(("avx", "amx", "fma")))
 
 
 def print_table(medians: dict[str, float], ratios: dict[str, float]) -> None:

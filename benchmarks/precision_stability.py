@@ -38,6 +38,7 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from real_faces import real_faces_path  # noqa: E402  (this folder is on sys.path: scripts run from it)
+from report import write_json  # noqa: E402
 
 DEFAULT_DATA = str(real_faces_path())
 HOLDOUT_FRACTION = 0.05
@@ -142,10 +143,7 @@ def main() -> int:
     document = {"benchmark": "precision_stability", "steps": args.steps, "batch_size": args.batch_size, "data": args.data, "runs": runs,
                 "ratios": ratios, "extractor": next(iter(runs.values()))["eval"]["extractor"],
                 "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()}}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as file:
-        file.write(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, document)
     return 0
 
 

@@ -50,6 +50,7 @@ sys.path.insert(0, HERE)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from real_faces import real_faces_path  # noqa: E402
+from report import vector_flags, write_json  # noqa: E402
 
 HELD_OUT = 1000
 SPLIT_SEED = 0
@@ -243,7 +244,6 @@ def main() -> int:
         for variant in [name for name in ("a", "c") if name in scores]:
             shutil.copyfile(os.path.join(args.root, f"grid-{variant}-{lengths[-1]}.png"),
                             os.path.join(args.grids, f"quality-{variant}-{lengths[-1]}.png"))
-    cpu_flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     document = {
         "benchmark": "quality", "data": args.data, "train_images": len(list_images(open_source(train_zip))),
         "held_out": len(real_images), "generated": count, "batch_size": BATCH_SIZE, "lengths": lengths,
@@ -251,13 +251,9 @@ def main() -> int:
         "seconds": seconds, "real_vs_real": {"count": len(real_images) // 2, **floor}, "ratios": ratios,
         "extractor": extractor.label,
         "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
-                    "vector_flags": sorted(flag for flag in cpu_flags
-                                           if flag.startswith(("avx", "amx", "fma")))},
+                    "vector_flags": vector_flags()},
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as file:
-        file.write(json.dumps(document, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_json(args.out, document)
     return 0
 
 

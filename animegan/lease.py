@@ -129,12 +129,17 @@ class WorkdirLease:
                 _create_exclusively(lease_url(workdir, number), _encode(record))
             except FileExistsError:
                 continue  # another run claimed this number first: look again at what it holds
+            numbers = _numbers(folder)
+            if numbers and numbers[-1] > number:
+                # The holder read above was already superseded (a slow read that raced another run's
+                # claim): this number decides nothing. Withdraw it and look again.
+                storage.remove(lease_url(workdir, number))
+                continue
             lease = cls(workdir, number, record, log=log, heartbeat_seconds=heartbeat_seconds)
             lease.made_workdir = new_local_folder
-            for name in storage.list_dir(folder):
-                match = _NAME.match(name)
-                if match and int(match.group(1)) < number:
-                    storage.remove(storage.join(folder, name))  # superseded; the highest number decides
+            for older in numbers:
+                if older < number:
+                    storage.remove(lease_url(workdir, older))  # superseded; the highest number decides
             if start_heartbeat:
                 lease.start_heartbeat()
             return lease
@@ -216,19 +221,27 @@ def lease_url(workdir: str, number: int) -> str:
 
 def current_holder(workdir: str) -> Holder | None:
     """The lease with the highest number, or None when the workdir has none."""
-    numbers = sorted(int(match.group(1)) for name in storage.list_dir(storage.join(workdir, LEASE_FOLDER))
-                     if (match := _NAME.match(name)))
-    for number in reversed(numbers):
-        try:
-            data = storage.read_bytes(lease_url(workdir, number))
-        except FileNotFoundError:
-            continue  # deleted since the listing: superseded
-        try:
-            record = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            record = None
-        return Holder(number, record if isinstance(record, dict) else {"unreadable": True})
-    return None
+    folder = storage.join(workdir, LEASE_FOLDER)
+    while True:
+        numbers = _numbers(folder)
+        for number in reversed(numbers):
+            try:
+                data = storage.read_bytes(lease_url(workdir, number))
+            except FileNotFoundError:
+                continue  # deleted since the listing: a higher number superseded it, so look again
+            try:
+                record = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                record = None
+            return Holder(number, record if isinstance(record, dict) else {"unreadable": True})
+        if not numbers:
+            return None
+        # Every listed lease went between the listing and the reads: only a claim of a higher number deletes
+        # them, so the folder is never empty for good. Listing again finds it.
+
+
+def _numbers(folder: str) -> list[int]:
+    return sorted(int(match.group(1)) for name in storage.list_dir(folder) if (match := _NAME.match(name)))
 
 
 def check_free(workdir: str, holder: Holder, stale_seconds: float = STALE_SECONDS,

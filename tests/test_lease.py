@@ -146,6 +146,29 @@ def test_of_runs_starting_at_the_same_instant_exactly_one_wins(workdir, previous
     assert holder.number == (6 if previous == "stale" else 1)
 
 
+def test_a_read_that_races_another_runs_takeover_sees_the_new_holder(workdir, monkeypatch):
+    # The CI failure this pins: run B lists the folder and sees the stale lease 5; before B reads it, run A
+    # claims 6 and deletes 5. B must then find 6 (fresh: refused), never conclude the workdir has no lease
+    # and claim 1 beside A.
+    write_lease(workdir, 5, heartbeat=time.time() - 3600)
+    read_bytes = storage.read_bytes
+    other_run: list[WorkdirLease] = []
+    raced = threading.Event()
+
+    def read_racing_a_takeover(url):
+        if url == lease_url(workdir, 5) and not raced.is_set():
+            raced.set()
+            other_run.append(WorkdirLease.acquire(workdir, log=lambda message: None, start_heartbeat=False))
+        return read_bytes(url)
+
+    monkeypatch.setattr(storage, "read_bytes", read_racing_a_takeover)
+    with pytest.raises(WorkdirInUse, match="is in use by another run"):
+        WorkdirLease.acquire(workdir, log=lambda message: None, start_heartbeat=False)
+    assert other_run[0].number == 6
+    assert storage.list_dir(f"{workdir}/lease") == ["00000006.json"]
+    assert current_holder(workdir).record["id"] == other_run[0].record["id"]
+
+
 def test_a_holder_that_was_taken_over_says_so_and_leaves_the_new_lease_alone(workdir):
     storage.write_text(f"{workdir}/metrics.jsonl", "")  # the runs write there: their leases stay, released
     first_messages: list[str] = []

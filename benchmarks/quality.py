@@ -14,6 +14,9 @@ on, 1,000 held out, chosen by seed 0), batch 64, one worker:
   (p) paper     `animegan train --architecture dcgan-paper`: the default without batch
                 norm at the discriminator's input, as the DCGAN paper has it (the default
                 until that was found to be why animegan learnt faces slowly)
+  (f) flip      the default with real images only flipped (no rotation, no shift)
+  (d) diffaug   the default with DiffAugment (color, translation, cutout) on every image
+                D sees, real and generated, instead of rotating/shifting real images
 Each is trained to the first length, scored, then trained on to the next (the
 animegan runs resume from their checkpoint: the same command with a larger
 --steps). Scores: standard FID (the 2015-12-05 Inception, `animegan
@@ -58,9 +61,13 @@ BATCH_SIZE = 64
 GRID_SEED = 1234
 EVAL_SEED = 99
 VARIANTS = {"a": "seed reference (fit + ImageDataGenerator)", "b": "animegan --preset seed-notebook",
-            "c": "animegan default", "p": "animegan --architecture dcgan-paper"}
+            "c": "animegan default", "p": "animegan --architecture dcgan-paper",
+            "f": "default, real images only flipped (no rotation, no shift)",
+            "d": "default, DiffAugment color,translation,cutout at D's input instead of rotating/shifting real images"}
 # The flags each animegan variant adds to `animegan train`.
-FLAGS = {"b": ["--preset", "seed-notebook"], "c": [], "p": ["--architecture", "dcgan-paper"]}
+FLAGS = {"b": ["--preset", "seed-notebook"], "c": [], "p": ["--architecture", "dcgan-paper"],
+         "f": ["--rotation", "0", "--shift", "0"],
+         "d": ["--rotation", "0", "--shift", "0", "--diffaugment", "color,translation,cutout"]}
 
 
 def split(data: str, root: str) -> tuple[str, str]:
@@ -231,7 +238,7 @@ def main() -> int:
         print(f"({variant}) {VARIANTS[variant]:40s}{cells}{speed[variant]:8.1f}")
     ratios = {}
     if "a" in scores:
-        for variant in [name for name in ("b", "c", "p") if name in scores]:
+        for variant in [name for name in scores if name != "a"]:
             for steps in lengths:
                 ratios[f"{variant}/a FID@{steps}"] = scores[variant][str(steps)]["fid"] / scores["a"][str(steps)]["fid"]
     if "b" in speed and "c" in speed:

@@ -24,7 +24,7 @@ from typing import Sequence
 
 CLUSTER = Path(__file__).resolve().parent
 # Every config that starts nodes or pods; tests/test_cluster_configs.py checks that none is missing.
-CONFIGS = ("gcp.yaml", "kuberay/raycluster.yaml")
+CONFIGS = ("gcp.yaml", "kuberay/raycluster.yaml", "kuberay/rayjob-train-own-cluster.yaml")
 _ANCHOR = re.compile(r"^(?P<before>[ \t-]*[\w-]+:[ \t]+&animegan_image[ \t]+)(?P<image>\S+)", re.MULTILINE)
 # The Compute Engine nodes log in to the image's registry with their service account before pulling.
 _LOGIN = re.compile(r"(?P<before>gcloud auth configure-docker[ \t]+)(?P<host>[\w.:-]+)")

@@ -56,6 +56,21 @@ def ray_jobs() -> list[dict]:
     return [document for _, document in kuberay_objects() if document["kind"] == "RayJob"]
 
 
+def ray_cluster_specs() -> list[tuple[str, dict]]:
+    """(where, spec) of every Ray cluster the manifests make: the RayCluster's, and each RayJob's own."""
+    return [(f"{path.name}: {document['kind']} {document['metadata']['name']}",
+             document["spec"] if document["kind"] == "RayCluster" else document["spec"]["rayClusterSpec"])
+            for path, document in kuberay_objects()
+            if document["kind"] == "RayCluster" or "rayClusterSpec" in document.get("spec", {})]
+
+
+def ray_pod_containers() -> list[tuple[str, dict]]:
+    """(where, container) of every Ray pod's containers, heads and workers, in every cluster."""
+    return [(f"{where} {group.get('groupName', 'head')}", container) for where, spec in ray_cluster_specs()
+            for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+            for container in group["template"]["spec"]["containers"]]
+
+
 # ------------------------------------------------------------------ parsing and entry points
 
 def test_every_config_file_parses_into_mappings():
@@ -445,7 +460,7 @@ def test_gcp_nodes_install_nothing_and_name_the_bucket_once():
 
 def test_kuberay_manifests_use_only_fields_of_their_crds():
     kinds = [document["kind"] for _, document in kuberay_objects()]
-    assert kinds.count("RayCluster") == 1 and kinds.count("RayJob") >= 2
+    assert kinds.count("RayCluster") == 1 and kinds.count("RayJob") == 3 and kinds.count("ServiceAccount") == 1
     for path, document in kuberay_objects():
         assert kuberay_schema.problems(document) == [], path
 
@@ -477,20 +492,68 @@ def test_kuberay_field_check_reports_misspelled_rayjob_fields_and_wrong_shapes()
     assert kuberay_schema.problems({"apiVersion": "ray.io/v2", "kind": "RayJob"})[0].startswith("no schema")
 
 
-def test_kuberay_gpu_groups_request_an_l4_each_and_jobs_run_on_the_cluster():
-    cluster = [document for _, document in kuberay_objects() if document["kind"] == "RayCluster"][0]
-    groups = cluster["spec"]["workerGroupSpecs"]
-    assert {group["groupName"] for group in groups} == {"gpu-l4", "gpu-l4-spot"}
-    for group in groups:
-        pod = group["template"]["spec"]
-        assert pod["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-l4"
-        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert group["minReplicas"] == 0 < group["maxReplicas"]
-    head = cluster["spec"]["headGroupSpec"]
-    assert head["rayStartParams"]["num-cpus"] == "0"
-    assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
-    for job in ray_jobs():
+SPOT_LABEL = "cloud.google.com/gke-spot"
+
+
+def test_kuberay_clusters_keep_on_demand_and_spot_gpu_workers_apart():
+    for where, spec in ray_cluster_specs():
+        groups = {group["groupName"]: group for group in spec["workerGroupSpecs"]}
+        assert set(groups) == {"gpu-l4", "gpu-l4-spot"}, where
+        for name, group in groups.items():
+            pod = group["template"]["spec"]
+            assert pod["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-l4", (where, name)
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+            resources = pod["containers"][0]["resources"]
+            assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+            assert group["minReplicas"] == 0 < group["maxReplicas"], (where, name)
+        # Spot workers only on spot nodes, whose pool's taint they tolerate ...
+        spot = groups["gpu-l4-spot"]["template"]["spec"]
+        assert spot["nodeSelector"][SPOT_LABEL] == "true"
+        assert {"key": SPOT_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"} in spot["tolerations"]
+        assert spot["terminationGracePeriodSeconds"] < 30  # inside a spot VM's notice
+        # ... and on-demand workers never on one, tainted or not.
+        on_demand = groups["gpu-l4"]["template"]["spec"]
+        assert SPOT_LABEL not in on_demand["nodeSelector"]
+        assert not [toleration for toleration in on_demand["tolerations"] if toleration["key"] == SPOT_LABEL]
+        [term] = on_demand["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"]
+        assert {"key": SPOT_LABEL, "operator": "DoesNotExist"} in term["matchExpressions"], where
+        head = spec["headGroupSpec"]
+        assert head["rayStartParams"]["num-cpus"] == "0"
+        assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_rayjobs_join_the_long_lived_cluster_or_bring_an_equal_one():
+    cluster = RAY_CLUSTER
+    joining = [job for job in ray_jobs() if "clusterSelector" in job["spec"]]
+    owning = [job for job in ray_jobs() if "rayClusterSpec" in job["spec"]]
+    assert len(joining) == 2 and len(owning) == 1 and len(ray_jobs()) == 3
+    for job in joining:
         assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    # The job's own cluster is the long-lived one's spec, field for field: the two cannot drift apart.
+    assert owning[0]["spec"]["rayClusterSpec"] == cluster["spec"]
+
+
+def test_own_cluster_rayjob_tears_its_cluster_down_and_retries_into_the_same_workdir():
+    from animegan.cli import build_parser
+    from animegan.lease import HEARTBEAT_SECONDS, STALE_SECONDS, WAIT_POLL_SECONDS
+
+    [job] = [job for job in ray_jobs() if "rayClusterSpec" in job["spec"]]
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and 0 < spec["ttlSecondsAfterFinished"] <= 3600
+    # A failed attempt (a lost head) runs again on a new cluster; a failed submitter pod is retried too.
+    assert 1 <= spec["backoffLimit"] <= 3 and spec["submitterConfig"]["backoffLimit"] >= 1
+    assert "pip" not in yaml.safe_load(spec["runtimeEnvYAML"])
+    words = spec["entrypoint"].split()
+    assert words[:2] == ["python", f"{IMAGE_APP_DIR}/jobs/train.py"]
+    arguments = build_parser().parse_args(["train", *words[2:]])  # every flag is one `animegan train` knows
+    # Every attempt resumes the same run: a fixed workdir in the bucket, never a per-attempt default.
+    assert re.fullmatch(r"gs://[\w.-]+(/[\w.-]+)+", arguments.workdir) and "$" not in spec["entrypoint"]
+    # It waits long enough for a lost driver's lease to go stale: the last heartbeat may be one interval
+    # old already, clocks may differ by a minute, and the lease is looked at every WAIT_POLL_SECONDS.
+    assert arguments.wait_for_workdir >= STALE_SECONDS + HEARTBEAT_SECONDS + 60 + WAIT_POLL_SECONDS
+    assert f"--wait-for-workdir {arguments.wait_for_workdir:g}" in (KUBERAY / "rayjob-train-own-cluster.yaml"
+                                                                   ).read_text()
 
 
 # ------------------------------------------------------------------ no secrets
@@ -524,25 +587,20 @@ def test_credentials_reach_jobs_from_outside_the_files():
                                                           for job in ray_jobs()]:
         assert not [name for name in env["env_vars"] if CREDENTIAL_NAME.search(name)]
     # Pods take them from a Secret.
-    for _, document in kuberay_objects():
-        containers = [] if document["kind"] != "RayCluster" else [
-            container for group in [document["spec"]["headGroupSpec"], *document["spec"]["workerGroupSpecs"]]
-            for container in group["template"]["spec"]["containers"]]
-        for container in containers:
-            for variable in container.get("env", []):
-                if CREDENTIAL_NAME.search(variable["name"]):
-                    assert "value" not in variable and "secretKeyRef" in variable["valueFrom"], variable
+    containers = ray_pod_containers()
+    assert len(containers) == 6  # a head and two worker groups, in the RayCluster and in the RayJob's own
+    for where, container in containers:
+        for variable in container.get("env", []):
+            if CREDENTIAL_NAME.search(variable["name"]):
+                assert "value" not in variable and "secretKeyRef" in variable["valueFrom"], (where, variable)
 
 
 def test_every_ray_pod_takes_the_wandb_key_from_the_kubernetes_secret():
-    cluster = [document for _, document in kuberay_objects() if document["kind"] == "RayCluster"][0]
-    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
-    for group in groups:
-        for container in group["template"]["spec"]["containers"]:
-            [key] = [variable for variable in container["env"] if variable["name"] == "WANDB_API_KEY"]
-            # Optional: without the Secret the pods start, and W&B logs offline.
-            assert key == {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
-                "name": "wandb", "key": "api-key", "optional": True}}}, container["name"]
+    for where, container in ray_pod_containers():
+        [key] = [variable for variable in container["env"] if variable["name"] == "WANDB_API_KEY"]
+        # Optional: without the Secret the pods start, and W&B logs offline.
+        assert key == {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
+            "name": "wandb", "key": "api-key", "optional": True}}}, where
 
 
 def test_gcp_nodes_export_the_wandb_key_from_secret_manager_before_ray_starts(tmp_path):

@@ -474,6 +474,7 @@ RAY_CLUSTER_TEXT = (KUBERAY / "raycluster.yaml").read_text()
     ("nodeSelector:", "nodeSelecter:", "template.spec.nodeSelecter: unknown field"),
     ("              resources: &gpu", "              resource: &gpu", "containers[0].resource: unknown field"),
     ("  headGroupSpec:", "  headGroup:", "RayCluster.spec: missing required field 'headGroupSpec'"),
+    ("    secretName:", "    secret:", "RayCluster.spec.authOptions.secret: unknown field"),
 ])
 def test_kuberay_field_check_reports_misspelled_fields(correct, misspelled, reported):
     assert correct in RAY_CLUSTER_TEXT
@@ -521,6 +522,17 @@ def test_kuberay_clusters_keep_on_demand_and_spot_gpu_workers_apart():
         head = spec["headGroupSpec"]
         assert head["rayStartParams"]["num-cpus"] == "0"
         assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_every_kuberay_cluster_requires_rays_token_from_its_secret():
+    for where, spec in ray_cluster_specs():
+        # KubeRay puts RAY_AUTH_MODE=token and the Secret's token into every pod and a RayJob's submitter.
+        assert spec["authOptions"] == {"mode": "token", "secretName": "animegan-ray-token"}, where
+    for where, container in ray_pod_containers():
+        # A value here would win over KubeRay's (it adds its own only where none is set).
+        assert not [variable for variable in container.get("env", []) if variable["name"].startswith("RAY_AUTH")], where
+    for job in ray_jobs():
+        assert "RAY_AUTH" not in job["spec"]["runtimeEnvYAML"]
 
 
 def test_rayjobs_join_the_long_lived_cluster_or_bring_an_equal_one():
@@ -606,11 +618,11 @@ def test_every_ray_pod_takes_the_wandb_key_from_the_kubernetes_secret():
 def test_gcp_nodes_export_the_wandb_key_from_secret_manager_before_ray_starts(tmp_path):
     config = gcp_config()
     setup = config["setup_commands"]
-    [fetch] = [command for command in setup if "fetch_secret.py" in command]
+    [fetch] = [command for command in setup if "fetch_secret.py wandb-api-key" in command]
     assert fetch == "python ~/animegan/cluster/fetch_secret.py wandb-api-key ~/.animegan/wandb-api-key"
     assert setup.index(fetch) < len(setup) - 1  # the export line comes after it
-    # The setup's shell lines, as a node runs them (the fetch aside), then what `ray start` sees.
-    shell_lines = [command for command in setup if command != fetch]
+    # The setup's shell lines, as a node runs them (the fetches aside), then what `ray start` sees.
+    shell_lines = [command for command in setup if "fetch_secret.py" not in command]
     environment = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     (tmp_path / ".bashrc").write_text("")
     for command in shell_lines:
@@ -630,7 +642,7 @@ def test_gcp_nodes_export_the_wandb_key_from_secret_manager_before_ray_starts(tm
 class GoogleEndpoints(http.server.BaseHTTPRequestHandler):
     """Stands in for a node's metadata server and Secret Manager, answering as Google documents them."""
 
-    secrets = {"wandb-api-key": b"k" * 40 + b"\n"}
+    secrets = {"wandb-api-key": b"k" * 40 + b"\n", "ray-auth-token": b"7" * 64 + b"\n"}
 
     def do_GET(self):  # noqa: N802 (the http.server API)
         if self.path.startswith("/computeMetadata/v1/"):
@@ -656,6 +668,45 @@ class GoogleEndpoints(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def test_gcp_nodes_start_ray_requiring_the_token_from_secret_manager(tmp_path):
+    config = gcp_config()
+    setup = config["setup_commands"]
+    [fetch] = [command for command in setup if "fetch_secret.py" in command and "ray-auth-token" in command]
+    # Where Ray looks for its token by default; required, unlike the W&B key.
+    assert fetch == "python ~/animegan/cluster/fetch_secret.py --required ray-auth-token ~/.ray/auth_token"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GoogleEndpoints)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "node"), "GCE_METADATA_HOST": address,
+                   "SECRET_MANAGER_ENDPOINT": f"http://{address}"}
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / ".bashrc").write_text("")
+    script = str(CLUSTER / "fetch_secret.py")
+    try:
+        # The node's setup, as it runs in the image (~/animegan/cluster/fetch_secret.py is this repository's).
+        for command in setup:
+            command = command.replace("python ~/animegan/cluster/fetch_secret.py", f"{sys.executable} {script}")
+            subprocess.run(["bash", "-c", command], env=environment, check=True, timeout=60)
+        token = tmp_path / "node" / ".ray" / "auth_token"
+        assert token.read_bytes() == b"7" * 64 and stat.S_IMODE(token.stat().st_mode) == 0o600
+        for start in [config["head_start_ray_commands"][-1], config["worker_start_ray_commands"][-1]]:
+            sourced = start.split(";")[0]
+            assert sourced == "source ~/.animegan_env"
+            seen = subprocess.run(["bash", "-c", f"{sourced}; printf %s \"$RAY_AUTH_MODE\""], env=environment,
+                                  capture_output=True, text=True, check=True).stdout
+            assert seen == "token"
+
+        # Without the secret, the node's setup stops (Ray would not start without a token).
+        missing = subprocess.run([sys.executable, script, "--required", "no-such-token", str(tmp_path / "t")],
+                                 env=environment, capture_output=True, text=True, timeout=60)
+        assert missing.returncode == 1 and not (tmp_path / "t").exists()
+        assert missing.stderr == ("fetch_secret: no-such-token not read from Secret Manager (HTTP 404 (no such "
+                                  "secret)); it is required, so this node's setup stops here (README, \"Run on a "
+                                  "cluster\", says how to create it)\n")
+    finally:
+        server.shutdown()
 
 
 def test_fetch_secret_writes_the_key_for_this_user_only_and_never_fails_the_setup(tmp_path):

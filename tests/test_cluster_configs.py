@@ -396,6 +396,20 @@ def test_image_script_sets_the_image_everywhere_and_refuses_unversioned_ones(tmp
         in error
 
 
+def test_readme_shows_the_image_the_own_cluster_job_and_the_token_with_files_that_exist():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Run on a cluster\n"):]
+    section = section[:section.index("\n## ", 1)]
+    for command in ["python3 cluster/image.py set ", 'docker push "$(python3 cluster/image.py)"',
+                    'docker build -f cluster/Dockerfile -t "$(python3 cluster/image.py)" .',
+                    "kubectl create secret generic animegan-ray-token",
+                    "gcloud secrets create ray-auth-token", "--ray-token-file $TOKEN",
+                    "-f cluster/kuberay/rayjob-train-own-cluster.yaml", "--node-taints cloud.google.com/gke-spot=true"]:
+        assert command in section, command
+    for named in set(re.findall(r"(?:cluster|jobs)/[\w./-]*\w", section)):
+        assert (REPO / named).exists(), f"README names {named}, which does not exist"
+
+
 # ------------------------------------------------------------------ cluster/gcp.yaml
 
 def test_gcp_config_passes_the_ray_cluster_launchers_validation():

@@ -160,16 +160,17 @@ def _redacting(log):
 
 
 def run_training(config: TrainConfig, *, address: str | None = None, restart: bool = False,
-                 log=print) -> TrainOutcome:
+                 wait_for_workdir: float = 0.0, log=print) -> TrainOutcome:
     """Runs (or resumes; with restart=True, starts over) a training job and says where its results are.
 
     The run holds the workdir's lease (animegan/lease.py) from before it writes or
-    moves anything there until it ends: a second run on a live workdir is refused.
+    moves anything there until it ends: a second run on a live workdir is refused, or
+    waited for up to `wait_for_workdir` seconds (a retried job whose first attempt died).
     """
     from animegan.lease import held
 
     config = config.replace(workdir=storage.absolute(config.workdir or default_workdir()))
-    with held(config.workdir, log=log):
+    with held(config.workdir, log=log, wait_seconds=wait_for_workdir):
         return _run_training(config, address=address, restart=restart, log=log)
 
 

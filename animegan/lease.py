@@ -27,6 +27,11 @@ killed with SIGKILL, then the same command run again). Ages are measured against
 the holder's clock as written in the lease: machines are assumed to keep time
 within a minute of each other.
 
+A run may wait for the lease instead of being refused at once (`wait_seconds`,
+`animegan train --wait-for-workdir`): the retry of a job whose head node was lost
+starts while the lost driver's lease still looks alive, and takes the workdir over
+once that lease is released or its heartbeat is STALE_SECONDS old.
+
 Everything read from the lease folder is untrusted: only names of the exact form
 NNNNNNNN.json count, and a lease that cannot be parsed is taken over, with a warning.
 """
@@ -50,13 +55,23 @@ from animegan import storage
 from animegan.workdir import LEASE as LEASE_FOLDER
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0  # ten missed heartbeats
+# How often a run that waits for the lease looks again: a released lease is taken within this.
+WAIT_POLL_SECONDS = 10.0
 _NAME = re.compile(r"^(\d{8})\.json$")
 # Claim attempts when other runs keep winning the race for the next number.
 _CLAIM_ATTEMPTS = 5
 
 
 class WorkdirInUse(ValueError):
-    """Another live run holds the workdir (a ValueError: the command line ends with one line and exit 2)."""
+    """Another live run holds the workdir (a ValueError: the command line ends with one line and exit 2).
+
+    `holder` and `heartbeat_age` say who, when one lease was found live (None for a lost race).
+    """
+
+    def __init__(self, message: str, holder: "Holder | None" = None, heartbeat_age: float | None = None):
+        super().__init__(message)
+        self.holder = holder
+        self.heartbeat_age = heartbeat_age
 
 
 @dataclass(frozen=True)
@@ -111,8 +126,39 @@ class WorkdirLease:
     @classmethod
     def acquire(cls, workdir: str, *, command: str = "animegan train", log: Callable[[str], None] = print,
                 stale_seconds: float = STALE_SECONDS, heartbeat_seconds: float = HEARTBEAT_SECONDS,
-                start_heartbeat: bool = True) -> "WorkdirLease":
-        """Takes the workdir's lease, or raises WorkdirInUse naming the live holder and its heartbeat's age."""
+                start_heartbeat: bool = True, wait_seconds: float = 0.0,
+                poll_seconds: float = WAIT_POLL_SECONDS) -> "WorkdirLease":
+        """Takes the workdir's lease, or raises WorkdirInUse naming the live holder and its heartbeat's age.
+
+        With wait_seconds > 0, a lease held by another run is looked at again every
+        poll_seconds until it is released or stale, for at most wait_seconds.
+        """
+        if not wait_seconds >= 0:
+            raise ValueError(f"the time to wait for a workdir must be 0 s or more, not {wait_seconds:g}")
+        deadline = time.monotonic() + wait_seconds
+        said = False
+        while True:
+            try:
+                return cls._acquire_once(workdir, command=command, log=log, stale_seconds=stale_seconds,
+                                         heartbeat_seconds=heartbeat_seconds, start_heartbeat=start_heartbeat)
+            except WorkdirInUse as refused:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if wait_seconds > 0:
+                        raise WorkdirInUse(f"{refused}; gave up after waiting {_duration(wait_seconds)}",
+                                           refused.holder, refused.heartbeat_age) from None
+                    raise
+                if not said and refused.holder is not None:
+                    log(f"Waiting up to {_duration(wait_seconds)} for {workdir}: {refused.holder.description} holds "
+                        f"it, last heartbeat {_duration(max(refused.heartbeat_age or 0.0, 0.0))} ago. Its lease is "
+                        f"taken once released, or once its heartbeat is {_duration(stale_seconds)} old (its run "
+                        f"has stopped then)")
+                    said = True
+                time.sleep(min(poll_seconds, left))
+
+    @classmethod
+    def _acquire_once(cls, workdir: str, *, command: str, log: Callable[[str], None], stale_seconds: float,
+                      heartbeat_seconds: float, start_heartbeat: bool) -> "WorkdirLease":
         folder = storage.join(workdir, LEASE_FOLDER)
         new_local_folder = storage.is_local(workdir) and not os.path.exists(storage.absolute(workdir))
         for _ in range(_CLAIM_ATTEMPTS):
@@ -265,7 +311,7 @@ def check_free(workdir: str, holder: Holder, stale_seconds: float = STALE_SECOND
         return
     raise WorkdirInUse(f"{workdir} is in use by another run: {holder.description}, last heartbeat "
                        f"{_duration(max(age, 0.0))} ago; wait for it to end, or use another --workdir (a run whose "
-                       f"heartbeat stops for {_duration(stale_seconds)} is taken over)")
+                       f"heartbeat stops for {_duration(stale_seconds)} is taken over)", holder, age)
 
 
 def _create_exclusively(url: str, data: bytes) -> None:

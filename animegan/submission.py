@@ -16,12 +16,20 @@ A Google service-account key file (GOOGLE_APPLICATION_CREDENTIALS) is a path on
 this machine, so it is not forwarded: the nodes reach Cloud Storage with their own
 service account (cluster/gcp.yaml, Workload Identity on GKE); only the project it
 names is passed on as GOOGLE_CLOUD_PROJECT.
+
+The clusters in cluster/ require Ray's token on their dashboard and jobs API. The
+submitter reads it from the file named by --ray-token-file, else from Ray's own
+variables (RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH), and sends it with every
+request as `Authorization: Bearer ...`, the header Ray's job server checks. It never
+prints it and never puts it in the runtime env. Without either, Ray's own client
+sends ~/.ray/auth_token when RAY_AUTH_MODE=token.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -40,6 +48,8 @@ FORWARDED_ENV = (
 _KEYLESS_MODES = {"offline", "dryrun", "disabled"}
 # Seconds between polls of a followed job's status and logs.
 POLL_SECONDS = 2.0
+# What a Ray token may look like: one word of printable ASCII (Ray makes 64 hex digits), short enough for a header.
+_TOKEN = re.compile(r"[!-~]{8,4096}")
 
 
 def load_runtime_env(path: str | Path, *, pip: bool = True, environ: Mapping[str, str] | None = None,
@@ -113,6 +123,43 @@ def wandb_key_line(env_vars: Mapping[str, str], environ: Mapping[str, str]) -> s
             f"offline without it")
 
 
+def ray_token(token_file: str | None, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(the Ray token to send, where it came from), or (None, "") to leave it to Ray's own client.
+
+    The file named by --ray-token-file wins; else Ray's own variables, in Ray's order:
+    RAY_AUTH_TOKEN, then the file RAY_AUTH_TOKEN_PATH (unless RAY_AUTH_MODE=disabled).
+    Errors name the file, never its content.
+    """
+    if token_file:
+        source, path = f"--ray-token-file {token_file}", token_file
+    elif environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None, ""
+    elif environ.get("RAY_AUTH_TOKEN", "").strip():
+        return _checked_token(environ["RAY_AUTH_TOKEN"], "RAY_AUTH_TOKEN"), "RAY_AUTH_TOKEN"
+    elif environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = environ["RAY_AUTH_TOKEN_PATH"]
+        source = f"RAY_AUTH_TOKEN_PATH ({path})"
+    else:
+        return None, ""
+    try:
+        text = Path(path).expanduser().read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise ValueError(f"{source}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{source}: cannot read it as a token ({type(error).__name__})") from None
+    return _checked_token(text, source), source
+
+
+def _checked_token(text: str, source: str) -> str:
+    token = text.strip()
+    if not token:
+        raise ValueError(f"{source}: the token is empty")
+    if not _TOKEN.fullmatch(token):
+        raise ValueError(f"{source}: not a Ray token (one word of 8 to 4096 printable characters, as "
+                         f"`ray get-auth-token` prints)")
+    return token
+
+
 def check_entrypoint(entrypoint: Sequence[str], runtime_env: Mapping[str, Any]) -> None:
     """A script named by the entry point must exist in the working dir that is uploaded."""
     if not entrypoint:
@@ -128,11 +175,13 @@ def check_entrypoint(entrypoint: Sequence[str], runtime_env: Mapping[str, Any]) 
 
 
 def submit(address: str, entrypoint: Sequence[str], runtime_env: dict[str, Any],
-           submission_id: str | None = None):
-    """Submits the job; returns (client, submission id)."""
+           submission_id: str | None = None, token: str | None = None):
+    """Submits the job, with `token` (if any) on every request; returns (client, submission id)."""
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    # The client keeps the header for all its requests (the version check, the working dir's upload,
+    # status and logs), and Ray's own client adds none when one is given.
+    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token else None)
     job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime_env,
                                submission_id=submission_id)
     return client, job_id
@@ -179,6 +228,10 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
     parser.add_argument("--no-pip", action="store_true",
                         help="leave out the pip requirements when the nodes already have them, as a laptop's "
                              ".venv does: Ray then makes no per-job virtualenv (from a venv, a full copy)")
+    parser.add_argument("--ray-token-file", metavar="FILE",
+                        help="the cluster's Ray token, sent as a header and never shown (default: Ray's own "
+                             "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; with neither, ~/.ray/auth_token if "
+                             "RAY_AUTH_MODE=token)")
     parser.add_argument("--submission-id", help="the job's id (default: chosen by Ray)")
     parser.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     parser.add_argument("--print-runtime-env", action="store_true",
@@ -196,16 +249,20 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
             print(wandb_key_line(runtime_env.get("env_vars", {}), os.environ), file=sys.stderr)
             return 0
         check_entrypoint(entrypoint, runtime_env)
-        client, job_id = _submit_or_explain(args.address, entrypoint, runtime_env, args.submission_id)
+        token, token_source = ray_token(args.ray_token_file, os.environ)
+        client, job_id = _submit_or_explain(args.address, entrypoint, runtime_env, args.submission_id,
+                                            token, token_source)
     except ValueError as error:
         print(f"animegan: error: {error}", file=sys.stderr)
         return 2
     forwarded = sorted(set(runtime_env.get("env_vars", {})) & set(FORWARDED_ENV))
+    ray_command = _ray_command(args.ray_token_file, os.environ)
     print(f"Submitted {job_id} to {args.address}: {shlex.join(entrypoint)}\n"
           f"  forwarded settings: {', '.join(forwarded) or 'none'}\n"
           f"  {wandb_key_line(runtime_env.get('env_vars', {}), os.environ)}\n"
-          f"  logs: ray job logs --address {args.address} --follow {job_id}\n"
-          f"  stop: ray job stop --address {args.address} {job_id}", flush=True)
+          + (f"  Ray token: from {token_source}, sent as a header (never part of the job)\n" if token else "")
+          + f"  logs: {ray_command} job logs --address {args.address} --follow {job_id}\n"
+          f"  stop: {ray_command} job stop --address {args.address} {job_id}", flush=True)
     if args.no_wait:
         return 0
     try:
@@ -217,17 +274,31 @@ def main(argv: Sequence[str], *, runtime_env_file: Path, base_dir: Path) -> int:
     return 0 if status.value == "SUCCEEDED" else 1
 
 
+def _ray_command(token_file: str | None, environ: Mapping[str, str]) -> str:
+    """`ray`, with what Ray's own command needs to find the token submit used (its path, never the token)."""
+    if token_file:
+        return f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={shlex.quote(token_file)} ray"
+    if not environ.get("RAY_AUTH_MODE") and (environ.get("RAY_AUTH_TOKEN") or environ.get("RAY_AUTH_TOKEN_PATH")):
+        return "RAY_AUTH_MODE=token ray"  # Ray's command reads its variables only in token mode
+    return "ray"
+
+
 def _submit_or_explain(address: str, entrypoint: Sequence[str], runtime_env: dict[str, Any],
-                       submission_id: str | None):
+                       submission_id: str | None, token: str | None = None, token_source: str = ""):
     """submit(), with an unreachable or locked cluster turned into a one-line ValueError."""
     from ray.exceptions import AuthenticationError
 
     try:
-        return submit(address, entrypoint, runtime_env, submission_id)
+        return submit(address, entrypoint, runtime_env, submission_id, token)
     except ConnectionError as error:
         raise ValueError(f"cannot reach a Ray job server at {address} ({str(error).splitlines()[0]}); "
                          f"start one with cluster/local.sh start, or open a tunnel to the cluster's "
                          f"dashboard (ray dashboard cluster/gcp.yaml, kubectl port-forward)") from None
-    except AuthenticationError:
-        raise ValueError(f"the Ray cluster at {address} requires its token: set RAY_AUTH_MODE=token "
-                         f"(and RAY_AUTH_TOKEN_PATH if the token is not in ~/.ray/auth_token)") from None
+    except AuthenticationError as error:
+        # Ray's message starts "Authentication failed" for a wrong token (403), "... required" for none (401).
+        if token and str(error).startswith("Authentication failed"):
+            raise ValueError(f"the Ray cluster at {address} rejected the token of {token_source}: it is "
+                             f"another cluster's, or the cluster's token changed") from None
+        raise ValueError(f"the Ray cluster at {address} requires its token: pass --ray-token-file FILE, or set "
+                         f"RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN_PATH if the token is not in "
+                         f"~/.ray/auth_token)") from None

@@ -1,6 +1,7 @@
 """Copy a secret from Google Secret Manager into a file on this node: cluster/gcp.yaml's setup runs it.
 
     python cluster/fetch_secret.py wandb-api-key ~/.animegan/wandb-api-key
+    python cluster/fetch_secret.py --required ray-auth-token ~/.ray/auth_token
 
 It asks the node's metadata server for the node's service-account token and its
 project, reads the secret's latest version through Secret Manager's REST API, and
@@ -8,10 +9,12 @@ writes it to the file (mode 600, replaced atomically). ~/.animegan_env then expo
 it as WANDB_API_KEY before `ray start`, so Ray's processes on the node, and every
 job's driver and workers, inherit it; it never travels with a job.
 
-Standard library only: it runs in Ray's container image before animegan is installed.
-Setup must not fail for a missing secret (W&B then logs offline), so every failure is
-one line on stderr and exit status 0. GCE_METADATA_HOST and SECRET_MANAGER_ENDPOINT
-override the endpoints (as Google's libraries allow), for tests.
+Standard library only: it runs in any Python, before anything else is set up.
+Setup must not fail for a missing W&B key (W&B then logs offline), so every failure is
+one line on stderr and exit status 0; with --required (Ray's token, without which the
+node's Ray cannot start) the line says so and the exit status is 1, stopping the setup.
+GCE_METADATA_HOST and SECRET_MANAGER_ENDPOINT override the endpoints (as Google's
+libraries allow), for tests.
 """
 
 from __future__ import annotations
@@ -59,8 +62,10 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: fetch_secret.py SECRET_NAME FILE", file=sys.stderr)
+    required = argv[:1] == ["--required"]
+    argv = argv[1:] if required else argv
+    if len(argv) != 2 or argv[0].startswith("-"):
+        print("usage: fetch_secret.py [--required] SECRET_NAME FILE", file=sys.stderr)
         return 2
     name, path = argv[0], Path(argv[1]).expanduser()
     try:
@@ -75,6 +80,10 @@ def main(argv: list[str]) -> int:
         write_private(path, data)
         print(f"fetch_secret: {name} from Secret Manager is in {path}")
         return 0
+    if required:
+        print(f"fetch_secret: {name} not read from Secret Manager ({reason}); it is required, so this node's "
+              f"setup stops here (README, \"Run on a cluster\", says how to create it)", file=sys.stderr)
+        return 1
     print(f"fetch_secret: {name} not read from Secret Manager ({reason}); jobs on this node log W&B offline",
           file=sys.stderr)
     return 0

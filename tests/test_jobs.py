@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO
+from tests.support.job_server import JOB_ID, RecordingJobServer
 from tests.support.ports import free_port
 
 LOCAL_SH = str(REPO / "cluster" / "local.sh")
@@ -206,6 +207,112 @@ def test_a_job_for_a_command_this_version_lacks_says_so(capsys):
             in capsys.readouterr().err)
 
 
+# ------------------------------------------------------------------ the clusters' Ray token (a recording job server)
+
+# Shaped like a token of `ray get-auth-token --generate` (64 hex digits), made up; never written out whole.
+RAY_TOKEN = "70ce11" + "fedcba9876543210" * 3 + "fedcba9876"
+
+
+@pytest.fixture
+def job_server():
+    server = RecordingJobServer(token=RAY_TOKEN)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def small_job(tmp_path) -> Path:
+    """A runtime env file whose working dir is a small folder with jobs/train.py: a quick upload."""
+    work = tmp_path / "work"
+    (work / "jobs").mkdir(parents=True)
+    (work / "jobs" / "train.py").write_text("print('trained')\n")
+    runtime_env = tmp_path / "runtime_env.yaml"
+    runtime_env.write_text(f"working_dir: {work}\nenv_vars:\n  TF_CPP_MIN_LOG_LEVEL: \"2\"\n")
+    return runtime_env
+
+
+def without_ray_token_settings() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if not name.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+
+
+def test_submit_sends_the_token_file_on_every_request_and_shows_the_token_nowhere(job_server, small_job, tmp_path):
+    command = [*SUBMIT, "--address", job_server.address, "--runtime-env", str(small_job), "--",
+               "python", "jobs/train.py"]
+    # Without a token, Ray's job server answers 401: one line says how to give it.
+    refused = subprocess.run(command, env=without_ray_token_settings(), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, explained(refused)
+    assert f"the Ray cluster at {job_server.address} requires its token: pass --ray-token-file FILE" in refused.stderr
+    assert [request.authorization for request in job_server.requests] == [None]
+
+    job_server.requests.clear()
+    token_file = tmp_path / "animegan-gke-token"
+    token_file.write_text(RAY_TOKEN + "\n")  # as `kubectl get secret ... | base64 -d` leaves it
+    result = subprocess.run([*command[:2], "--ray-token-file", str(token_file), *command[2:]],
+                            env=without_ray_token_settings(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, explained(result)
+    calls = [(request.method, request.path) for request in job_server.requests]
+    # The version check, the working dir's upload, the submission, then status and logs until the job ended.
+    assert calls[0] == ("GET", "/api/version") and ("POST", "/api/jobs/") in calls
+    assert [method for method, path in calls if path.startswith("/api/packages/")] == ["GET", "PUT"]
+    assert calls[-1] == ("GET", f"/api/jobs/{JOB_ID}/logs")
+    assert {request.authorization for request in job_server.requests} == {f"Bearer {RAY_TOKEN}"}
+    # Anywhere else it would be the job's, shown by the cluster's dashboard: not in a body, not in the output.
+    assert not [request.path for request in job_server.requests if RAY_TOKEN.encode() in request.body]
+    env_vars = job_server.submitted()["runtime_env"]["env_vars"]
+    assert env_vars["TF_CPP_MIN_LOG_LEVEL"] == "2" and not [name for name in env_vars if name.startswith("RAY_AUTH")]
+    assert RAY_TOKEN not in result.stdout + result.stderr
+    assert f"  Ray token: from --ray-token-file {token_file}, sent as a header (never part of the job)\n" \
+        in result.stdout
+    assert (f"  logs: RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file} ray job logs --address "
+            f"{job_server.address} --follow {JOB_ID}\n") in result.stdout
+    assert result.stdout.endswith(f"the job ran\nJob {JOB_ID} SUCCEEDED\n")
+
+
+@pytest.mark.parametrize("source", ["RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"])
+def test_submit_sends_the_token_of_rays_own_variables_without_ray_auth_mode(job_server, small_job, tmp_path,
+                                                                              monkeypatch, capsys, source):
+    from animegan.submission import main
+
+    for name in ["RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"]:
+        monkeypatch.delenv(name, raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text(RAY_TOKEN)
+    monkeypatch.setenv(source, str(token_file) if source == "RAY_AUTH_TOKEN_PATH" else RAY_TOKEN)
+    code = main(["--address", job_server.address, "--runtime-env", str(small_job), "--no-wait", "--",
+                 "python", "jobs/train.py"], runtime_env_file=small_job, base_dir=tmp_path)
+    output = capsys.readouterr()
+    assert code == 0, output.err
+    assert {request.authorization for request in job_server.requests} == {f"Bearer {RAY_TOKEN}"}
+    assert RAY_TOKEN not in output.out + output.err
+    where = f"RAY_AUTH_TOKEN_PATH ({token_file})" if source == "RAY_AUTH_TOKEN_PATH" else "RAY_AUTH_TOKEN"
+    assert f"Ray token: from {where}, sent as a header" in output.out
+    assert "logs: RAY_AUTH_MODE=token ray job logs " in output.out  # Ray's command needs the mode to read them
+
+
+@pytest.mark.parametrize("content, message", [
+    ("wrong-token-of-another-cluster", "rejected the token of --ray-token-file {file}: it is another cluster's, or "
+                                       "the cluster's token changed"),
+    ("\n", "--ray-token-file {file}: the token is empty"),
+    ("two words", "--ray-token-file {file}: not a Ray token"),
+    (None, "--ray-token-file {file}: no such file"),
+])
+def test_a_wrong_or_unreadable_token_file_is_one_line_that_never_shows_it(job_server, small_job, tmp_path, capsys,
+                                                                         content, message):
+    from animegan.submission import main
+
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_text(content)
+    code = main(["--address", job_server.address, "--runtime-env", str(small_job), "--ray-token-file",
+                 str(token_file), "--", "python", "jobs/train.py"], runtime_env_file=small_job, base_dir=tmp_path)
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and message.format(file=token_file) in error, error
+    assert "wrong-token" not in error and "two words" not in error
+    # Nothing reached the server without the right token (a file that is no token is not even sent).
+    assert not [request for request in job_server.requests if request.method == "POST"]
+
+
 # ------------------------------------------------------------------ jobs on a real Ray head
 
 @pytest.fixture(scope="module")
@@ -325,6 +432,25 @@ def test_a_failing_job_ends_submit_with_status_1_and_its_logs(local_head):
     assert result.returncode == 1, explained(result)
     assert "--batch-size 7 cannot be split evenly over 2 replicas" in result.stdout
     assert "FAILED" in result.stdout.splitlines()[-1]
+
+
+@pytest.mark.ray
+def test_a_token_file_opens_a_real_head_and_another_is_refused(local_head, tmp_path):
+    # A shell with no Ray token settings at all: only --ray-token-file gives the head's token.
+    environment = {name: value for name, value in local_head.environment.items() if not name.startswith("RAY_AUTH")}
+    command = [*SUBMIT, "--address", local_head.address, "--no-pip", "--ray-token-file"]
+    job = ["--", "python", "-c", "print('the head let this job in')"]
+    token_file = local_head.temp_dir / "auth_token"
+    result = local_head.run([*command, str(token_file), *job], environment=environment, timeout=300)
+    assert result.returncode == 0 and "the head let this job in" in result.stdout, explained(result)
+    assert token_file.read_text().strip() not in result.stdout + result.stderr
+
+    other = tmp_path / "another-clusters-token"
+    other.write_text("0123456789abcdef" * 4)
+    refused = local_head.run([*command, str(other), *job], environment=environment, timeout=120)
+    assert refused.returncode == 2, explained(refused)
+    assert refused.stderr == (f"animegan: error: the Ray cluster at {local_head.address} rejected the token of "
+                              f"--ray-token-file {other}: it is another cluster's, or the cluster's token changed\n")
 
 
 def dashboard_get(head: LocalHead, path: str) -> str:

@@ -203,3 +203,53 @@ def test_a_run_that_wrote_nothing_leaves_no_trace(workdir):
         with held(workdir, log=lambda message: None):
             raise ValueError("no such data")
     assert storage.list_dir(workdir) == [] and not storage.exists(workdir)
+
+
+# ------------------------------------------------------------------ waiting for the workdir (a retried job)
+
+def test_a_waiting_run_takes_over_once_the_dead_holders_heartbeat_is_stale(workdir):
+    # A driver on a lost head node: its lease looks alive for a while yet (here 4 s instead of 5 min).
+    write_lease(workdir, 3, heartbeat=time.time() - 2.0)
+    messages: list[str] = []
+    started = time.monotonic()
+    lease = WorkdirLease.acquire(workdir, log=messages.append, stale_seconds=4, wait_seconds=30, poll_seconds=0.25,
+                                 start_heartbeat=False)
+    waited = time.monotonic() - started
+    assert lease.number == 4 and current_holder(workdir).record["id"] == lease.record["id"]
+    assert 1.5 <= waited < 15, waited  # until the heartbeat was 4 s old, not the whole 30 s
+    assert messages[0] == (f"Waiting up to 30 s for {workdir}: someone@elsewhere pid 4242 (animegan train) holds it, "
+                           f"last heartbeat 2 s ago. Its lease is taken once released, or once its heartbeat is 4 s "
+                           f"old (its run has stopped then)")
+    assert len(messages) == 2 and messages[1].startswith(f"WARNING: taking over {workdir} from someone@elsewhere")
+
+
+def test_a_waiting_run_takes_a_released_lease_at_once_and_gives_up_on_a_live_one(workdir):
+    storage.write_text(f"{workdir}/metrics.jsonl", "")  # the first run wrote there: its lease stays, released
+    first = WorkdirLease.acquire(workdir, log=lambda message: None, heartbeat_seconds=0.5)
+    with pytest.raises(WorkdirInUse, match=r"in use by another run: .*, last heartbeat 0 s ago; wait for it to end, "
+                                           r"or use another --workdir \(a run whose heartbeat stops for 5 min is "
+                                           r"taken over\); gave up after waiting 2 s$"):
+        WorkdirLease.acquire(workdir, log=lambda message: None, wait_seconds=2, poll_seconds=0.25,
+                             start_heartbeat=False)
+
+    releaser = threading.Timer(1.0, first.release)
+    releaser.start()
+    messages: list[str] = []
+    started = time.monotonic()
+    second = WorkdirLease.acquire(workdir, log=messages.append, wait_seconds=60, poll_seconds=0.25,
+                                  start_heartbeat=False)
+    releaser.join()
+    assert second.number == 2 and time.monotonic() - started < 10
+    assert len(messages) == 1 and messages[0].startswith(f"Waiting up to 60 s for {workdir}: ")  # no takeover warning
+
+
+def test_train_waits_for_the_workdir_only_when_told_and_refuses_a_negative_wait(workdir, capsys):
+    write_lease(workdir, 1, heartbeat=time.time())
+    started = time.monotonic()
+    code = cli_main(["train", "--workdir", workdir, "--steps", "2", "--wait-for-workdir", "1.5"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and time.monotonic() - started >= 1.5
+    assert error.endswith("; gave up after waiting 2 s\n") and "in use by another run: someone@elsewhere" in error
+
+    assert cli_main(["train", "--workdir", workdir, "--wait-for-workdir", "-1"]) == 2
+    assert capsys.readouterr().err == "animegan: error: --wait-for-workdir must be 0 or more seconds, not -1\n"

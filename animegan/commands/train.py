@@ -22,6 +22,10 @@ def register(subparsers) -> None:
     parser.add_argument("--restart", action="store_true",
                         help="start over instead of resuming: the workdir's previous run moves, whole, to "
                              "<workdir>/archive/<time>/ (nothing is deleted)")
+    parser.add_argument("--wait-for-workdir", type=float, default=0.0, metavar="SECONDS",
+                        help="when another run holds the workdir, wait up to this long for it to end instead of "
+                             "stopping at once; a run that died is taken over when its heartbeat is 5 min old, so "
+                             "a retried job (cluster/kuberay/rayjob-train-own-cluster.yaml) waits 420 (default: 0)")
     parser.set_defaults(run=run)
 
 
@@ -31,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from animegan.launcher import resolve, run_training
 
     config = config_from_args(args)
+    if not args.wait_for_workdir >= 0:  # also refuses nan
+        raise ValueError(f"--wait-for-workdir must be 0 or more seconds, not {args.wait_for_workdir:g}")
     if args.dry_run:
         resolved, _, _ = resolve(config, write=False, restart=args.restart,
                                   on_cluster=cluster_address(args.address) is not None, log=lambda *_: None)
@@ -41,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from animegan.failures import describe, is_actionable, root_cause
 
     try:
-        outcome = run_training(config, address=args.address, restart=args.restart)
+        outcome = run_training(config, address=args.address, restart=args.restart,
+                               wait_for_workdir=args.wait_for_workdir)
     except TrainingFailedError as error:
         cause = root_cause(error)
         if is_actionable(cause):

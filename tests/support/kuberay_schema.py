@@ -83,8 +83,10 @@ WORKER_GROUP = Fields({"suspend": SCALAR, "groupName": SCALAR, "replicas": SCALA
 AUTOSCALER_OPTIONS = Fields({"resources": RESOURCES, "image": SCALAR, "imagePullPolicy": SCALAR,
                              "securityContext": ANYTHING, "idleTimeoutSeconds": SCALAR, "upscalingMode": SCALAR,
                              "env": ListOf(ENV_VAR), "envFrom": ListOf(ENV_FROM), "volumeMounts": ANYTHING})
+# AuthOptions (KubeRay 1.6): Ray's token auth, with the token from a Secret KubeRay makes or one named here.
+AUTH_OPTIONS = Fields({"mode": SCALAR, "secretName": SCALAR, "enableK8sTokenAuth": SCALAR})
 RAY_CLUSTER_SPEC = Fields({
-    "suspend": SCALAR, "managedBy": SCALAR, "autoscalerOptions": AUTOSCALER_OPTIONS,
+    "suspend": SCALAR, "managedBy": SCALAR, "autoscalerOptions": AUTOSCALER_OPTIONS, "authOptions": AUTH_OPTIONS,
     "headServiceAnnotations": STRING_MAP, "enableInTreeAutoscaling": SCALAR, "gcsFaultToleranceOptions": ANYTHING,
     "headGroupSpec": HEAD_GROUP, "rayVersion": SCALAR, "workerGroupSpecs": ListOf(WORKER_GROUP),
 }, required=("headGroupSpec",))

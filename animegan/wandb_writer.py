@@ -3,6 +3,10 @@
 The training thread only enqueues rows, images and the end state; the writer's
 thread starts the run (online, else offline), logs, and finishes it. Any W&B
 failure becomes a printed warning: a tracker is never worth a failed run.
+
+A session logs no step that the run already holds (W&B cannot overwrite a step), and
+a resumed session's summary covers the whole run: both from the workdir's record of
+what W&B holds (animegan/wandb_record.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from animegan import storage
 from animegan.config import TrainConfig, model_signature
+from animegan.wandb_record import SUMMARIES, LoggedRecord
 from animegan.workdir import RunLayout
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -66,10 +71,11 @@ class WandbWriter:
         self._dropped = 0
         self._closed = False
         self._warned: set[str] = set()
-        # Final and best values, kept on the W&B thread for the summary.
-        self._last_row: dict[str, Any] = {}
-        self._best: dict[str, tuple[float, int]] = {}
-        self._speeds: list[float] = []
+        # On the W&B thread: what the run held before this session, and the end state for the summary.
+        self._record: LoggedRecord | None = None
+        self._logged_before: int | None = None  # steps up to this one are the run's already
+        self._resumed_metrics: set[str] = set()  # metrics an earlier session logged
+        self._repeated = 0
         self._end_state: dict[str, Any] = {}
         # Imported here, not on the W&B thread: importing wandb parses source with `ast` (pydantic
         # reads field docstrings), and CPython 3.11's ast is not thread-safe (gh-106905). Beside
@@ -129,6 +135,8 @@ class WandbWriter:
 
     def _work(self, run_config: dict[str, Any]) -> None:
         run = self._start(run_config)
+        if run is not None:
+            self._read_record()
         while True:
             kind, payload = self._queue.get()
             if kind == "finish":
@@ -180,11 +188,27 @@ class WandbWriter:
             name=options.name, id=options.run_id, resume="allow", job_type="train", dir=options.directory,
             config=run_config, reinit="create_new", settings=wandb.Settings(**settings),
         )
-        # Charts use the training step as x axis, not W&B's own counter, so the rows a
-        # resumed run repeats (from its checkpoint on) land on the same steps.
+        # Charts use the training step as x axis, not W&B's own counter, so a resumed run's
+        # rows continue its earlier sessions' on the same axis.
         run.define_metric(STEP_METRIC)
         run.define_metric("*", step_metric=STEP_METRIC)
+        # The summary keeps each metric's best (and last) value, not only its last.
+        for key, kind in SUMMARIES.items():
+            run.define_metric(key, step_metric=STEP_METRIC, summary=f"{kind},last")
         return run
+
+    def _read_record(self) -> None:
+        """What W&B holds of this run from earlier sessions: where to log from, and the summaries so far."""
+        try:
+            self._record = LoggedRecord.load(RunLayout(self.options.workdir), self.options.run_id, log=self.log)
+        except Exception as error:  # noqa: BLE001
+            self.log(f"W&B: could not read what the run already holds ({type(error).__name__}: {error}); "
+                     f"steps this session repeats may be logged twice")
+            return
+        self._logged_before = self._record.last_step
+        self._resumed_metrics = set(self._record.metrics)
+        if self._logged_before is not None:
+            self.log(f"W&B: the run holds steps up to {self._logged_before}; this session logs the steps after it")
 
     def _say_how_to_sync(self, run, reason: str | None) -> None:
         folder = run.settings.sync_dir
@@ -200,36 +224,41 @@ class WandbWriter:
     def _handle(self, run, kind: str, payload: Any) -> None:
         import wandb
 
+        if kind in ("row", "image") and self._logged_before is not None and payload[0] <= self._logged_before:
+            self._repeated += 1  # the run has this step already: W&B would add a second point
+            return
         if kind == "row":
             step, row = payload
-            self._remember(step, row)
             run.log({STEP_METRIC: step, **row})
+            self._note(step, row)
         elif kind == "image":
             step, key, image, caption = payload
             run.log({STEP_METRIC: step, key: wandb.Image(image, caption=caption)})
+            self._note(step, {})
         elif kind == "summary":
             self._end_state.update(payload)
 
-    def _remember(self, step: int, row: dict[str, Any]) -> None:
-        """Keeps the final training row, the best evaluation scores and the speeds for the summary."""
-        if any(key.startswith("loss/") for key in row):
-            self._last_row = {STEP_METRIC: step, **row}
-        if "perf/images_per_sec" in row:
-            self._speeds.append(float(row["perf/images_per_sec"]))
-        for key, value in row.items():
-            # Evaluation scores (FID, KID) are distances: lower is better.
-            if key.startswith("eval/") and isinstance(value, (int, float)):
-                if key not in self._best or value < self._best[key][0]:
-                    self._best[key] = (float(value), step)
+    def _note(self, step: int, row: dict[str, Any]) -> None:
+        """Records a logged step (and its summarised metrics) in the workdir, for the next session."""
+        if self._record is None:
+            return
+        self._record.observe(step, row)
+        try:
+            self._record.save()
+        except Exception as error:  # noqa: BLE001
+            self._warn_once("record", f"could not record the logged steps in {self._record.url} "
+                                      f"({type(error).__name__}: {error}); a resume may log some steps twice")
 
     def summary(self) -> dict[str, Any]:
-        """The final training row, the best evaluation scores (and their steps), the mean speed, the end state."""
-        values = dict(self._last_row)
-        for key, (value, step) in self._best.items():
-            values[f"best/{key}"] = value
-            values[f"best/{key}_step"] = step
-        if self._speeds:
-            values["perf/mean_images_per_sec"] = float(np.mean(self._speeds))
+        """The end state and, after a resume, the whole run's summaries of the metrics earlier sessions logged.
+
+        W&B aggregates define_metric's summaries per session (see animegan/wandb_record.py);
+        a fresh run's are W&B's own and are left alone.
+        """
+        values: dict[str, Any] = {}
+        if self._record is not None:
+            for key in sorted(self._resumed_metrics & set(self._record.metrics)):
+                values[key] = self._record.metrics[key].summary(SUMMARIES[key])
         values.update(self._end_state)
         return values
 
@@ -237,7 +266,11 @@ class WandbWriter:
         import wandb
 
         status = self._end_state.get("status", "finished")
+        if self._repeated:
+            self.log(f"W&B: {self._repeated} row(s) and image(s) of steps up to {self._logged_before}, which the "
+                     f"run already held, were not logged again")
         for action, attempt in [("write the summary", lambda: run.summary.update(self.summary())),
+                                ("record the logged steps", lambda: self._record and self._record.save(force=True)),
                                 ("upload the generator", lambda: self._log_model(run)),
                                 ("finish the run", lambda: run.finish(exit_code=0 if status == "finished" else 1))]:
             try:

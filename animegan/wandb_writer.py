@@ -1,8 +1,9 @@
 """The W&B writer: one W&B run fed from a queue by its own thread, so training never waits for W&B.
 
-The training thread only enqueues rows, images and the end state; the writer's
-thread starts the run (online, else offline), logs, and finishes it. Any W&B
-failure becomes a printed warning: a tracker is never worth a failed run.
+The training thread only enqueues rows, images, checkpoints and the end state; the
+writer's thread starts the run (online, else offline), logs, builds artifacts
+(animegan/wandb_artifacts.py) and finishes the run. Any W&B failure becomes a printed
+warning: a tracker is never worth a failed run.
 
 A session logs no step that the run already holds (W&B cannot overwrite a step), and
 a resumed session's summary covers the whole run: both from the workdir's record of
@@ -11,11 +12,9 @@ what W&B holds (animegan/wandb_record.py).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from animegan import storage
-from animegan.config import TrainConfig, model_signature
+from animegan import wandb_artifacts as artifacts
 from animegan.wandb_record import SUMMARIES, LoggedRecord
 from animegan.workdir import RunLayout
 
@@ -52,14 +51,16 @@ class RunOptions:
     name: str
     workdir: str
     log_model: bool
+    checkpoint_every: int = 0  # --checkpoint-every, to number checkpoints
+    wandb_checkpoint_every: int = 0  # every K-th checkpoint becomes an artifact; 0: none
 
 
 class WandbWriter:
     """A MetricsSink writer for one W&B run; all W&B calls happen on its own thread.
 
-    write(), log_image() and log_summary() only enqueue. close() finishes the run,
-    waiting at most `finish_timeout` seconds; whatever W&B has not sent by then
-    stays in the run's local folder for `wandb sync`.
+    write(), log_image(), log_checkpoint(), use_pack() and log_summary() only
+    enqueue. close() finishes the run, waiting at most `finish_timeout` seconds;
+    whatever W&B has not sent by then stays in the run's local folder for `wandb sync`.
     """
 
     def __init__(self, options: RunOptions, run_config: dict[str, Any], *, log: Callable[[str], None] = print,
@@ -96,6 +97,21 @@ class WandbWriter:
 
     def log_summary(self, values: dict[str, Any]) -> None:
         self._put("summary", dict(values))
+
+    def log_checkpoint(self, step: int, url: str, final: bool = False) -> None:
+        """A checkpoint just stored at `url`; every --wandb-checkpoint-every-th becomes an artifact."""
+        if artifacts.checkpoint_wanted(step, self.options.checkpoint_every, self.options.wandb_checkpoint_every,
+                                       final):
+            self._put("checkpoint", (url, False))
+
+    def use_checkpoint(self, url: str) -> None:
+        """The checkpoint this session resumed from: an input of the run (with --wandb-checkpoint-every)."""
+        if self.options.wandb_checkpoint_every > 0:
+            self._put("checkpoint", (url, True))
+
+    def use_pack(self, source) -> None:
+        """The data pack (a PackedSource) this run reads: an input of the run, by reference."""
+        self._put("pack", source)
 
     def flush(self) -> None:
         pass  # W&B flushes on its own schedule; waiting for it here would stall the checkpoint
@@ -237,6 +253,16 @@ class WandbWriter:
             self._note(step, {})
         elif kind == "summary":
             self._end_state.update(payload)
+        elif kind == "pack":
+            artifacts.publish(run, artifacts.pack_artifact(payload), ["latest"], as_input=True)
+        elif kind == "checkpoint":
+            url, resumed_from = payload
+            artifact, aliases, temporary = artifacts.checkpoint_artifact(url, self.options.run_id)
+            try:
+                artifacts.publish(run, artifact, aliases, as_input=resumed_from)
+            finally:
+                if temporary:
+                    shutil.rmtree(temporary, ignore_errors=True)
 
     def _note(self, step: int, row: dict[str, Any]) -> None:
         """Records a logged step (and its summarised metrics) in the workdir, for the next session."""
@@ -286,32 +312,17 @@ class WandbWriter:
     def _log_model(self, run) -> None:
         if not self.options.log_model or self._end_state.get("status", "finished") != "finished":
             return
-        import wandb
-
         layout = RunLayout(self.options.workdir)
-        if not storage.exists(layout.generator):
+        built = artifacts.generator_artifact(layout, self.options.run_id)
+        if built is None:
             self.log(f"W&B: --wandb-log-model: no generator at {layout.generator}; nothing uploaded")
             return
-        info = json.loads(storage.read_text(layout.generator_info)) if storage.exists(layout.generator_info) else {}
-        config = info.get("config", {})
-        signature = model_signature(TrainConfig.from_saved(config)) if config else {}
-        artifact = wandb.Artifact(f"generator-{self.options.run_id}", type="model",
-                                  description="EMA generator of an animegan DCGAN run (Keras 3 .keras file)",
-                                  metadata={"step": info.get("step"), **signature})
-        directory = None
+        artifact, aliases, temporary = built
         try:
-            local = layout.generator
-            if not storage.is_local(local):
-                directory = tempfile.mkdtemp(prefix="animegan-wandb-model-")
-                local = os.path.join(directory, "generator.keras")
-                with open(local, "wb") as file:
-                    file.write(storage.read_bytes(layout.generator))
-            artifact.add_file(local, name="generator.keras")
-            aliases = ["latest"] + ([f"step-{info['step']}"] if info.get("step") is not None else [])
             run.log_artifact(artifact, aliases=aliases)
         finally:
-            if directory:
-                shutil.rmtree(directory, ignore_errors=True)
+            if temporary:
+                shutil.rmtree(temporary, ignore_errors=True)
 
     def _copy_to_workdir(self, folder: str) -> None:
         """An offline run of a gs:// workdir would otherwise be stranded on rank 0's machine."""

@@ -8,6 +8,7 @@ worker_runtime_env) where a test needs W&B to believe it could log in.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -97,6 +98,9 @@ def test_bad_wandb_settings_are_rejected_with_clear_messages():
         TrainConfig(wandb_mode="sometimes").validate()
     with pytest.raises(ValueError, match=r"--wandb-tags: W&B tags are at most 64 characters"):
         TrainConfig(wandb_tags="ok," + "x" * 65).validate()
+    with pytest.raises(ValueError, match=r"--wandb-checkpoint-every must be 0 \(off\) or a positive number of "
+                                         r"checkpoints, got -1"):
+        TrainConfig(wandb_checkpoint_every=-1).validate()
     with pytest.raises(ValueError, match=r"WANDB_MODE must be one of online, offline, disabled, got 'loud'"):
         tracking.driver_environment({"WANDB_MODE": "loud"})
     with pytest.raises(ValueError, match=r"WANDB_INIT_TIMEOUT must be a positive number of seconds, got 'soon'"):
@@ -229,6 +233,61 @@ def test_a_record_of_logged_steps_that_is_not_valid_is_ignored_with_a_warning(tm
     assert LoggedRecord.load(layout, "abc", log=messages.append).last_step is None and len(messages) == 4
 
 
+def test_an_artifact_that_cannot_be_made_is_a_warning_and_logging_goes_on(tmp_path, monkeypatch):
+    # A checkpoint that --keep-checkpoints pruned before W&B's thread came to it.
+    writer = writer_for(tmp_path, monkeypatch, checkpoint_every=10, wandb_checkpoint_every=1)
+    messages: list[str] = []
+    writer.log = messages.append
+    writer.write(10, {"loss/g": 1.0})
+    writer.log_checkpoint(10, str(tmp_path / "checkpoints" / "checkpoint-00000010"))
+    writer.write(20, {"loss/g": 2.0})
+    writer.log_summary({"status": "finished", "step": 20})
+    writer.close()
+    run = read_run(run_files(tmp_path)[0])
+    assert [row["step"] for row in run.rows_with("loss/g")] == [10, 20]
+    assert run.artifacts == [] and run.exit_code == 0 and run.summary["status"] == "finished"
+    assert any(message.startswith("W&B: could not log a checkpoint (FileNotFoundError") for message in messages), \
+        messages
+
+
+def test_every_kth_checkpoint_and_the_last_become_artifacts():
+    from animegan.wandb_artifacts import checkpoint_wanted
+
+    steps = [10, 20, 30, 40, 50, 60, 65]
+    wanted = [step for step in steps if checkpoint_wanted(step, 10, 3, final=step == 65)]
+    assert wanted == [30, 60, 65]
+    assert not any(checkpoint_wanted(step, 10, 0, final=True) for step in steps)  # off by default
+    assert [step for step in steps if checkpoint_wanted(step, 10, 1, final=False)] == steps[:-1]
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_a_data_pack_is_a_reference_artifact_that_the_run_uses(where, tmp_path, monkeypatch, request):
+    from animegan.data.packing import PackProgress, pack
+    from animegan.data.shards import PackedSource
+    from tests.support.bucket_data import image_bytes, write_local
+
+    write_local(tmp_path / "raw", image_bytes(24))
+    destination = (str(tmp_path / "faces-packed") if where == "local"
+                   else f"{request.getfixturevalue('bucket')}/packs/faces-packed")
+    pack(str(tmp_path / "raw"), destination, shard_bytes=16 << 10, log=lambda message: None,
+         progress=PackProgress(0, stream=io.StringIO()))
+    source = PackedSource(destination)
+    writer = writer_for(tmp_path, monkeypatch, workdir=str(tmp_path / "run"))
+    writer.use_pack(source)
+    writer.close()
+
+    [artifact] = read_run(run_files(tmp_path / "run")[0]).artifacts
+    assert artifact["name"] == "pack-faces-packed" and artifact["type"] == "dataset"
+    shards = [shard.name for shard in source.manifest.shards]
+    assert len(shards) >= 2
+    expected = ["manifest.json"] + shards + [f"{name}.json" for name in shards]
+    assert sorted(artifact["files"]) == sorted(expected)
+    # Referred to where the pack lives, not copied: every entry names its file's URL.
+    base = f"file://{tmp_path}/faces-packed" if where == "local" else destination
+    assert artifact["refs"] == {name: f"{base}/{name}" for name in expected}
+    assert artifact["metadata"]["images"] == 24 and artifact["metadata"]["shards"] == len(shards)
+
+
 def test_a_diverged_run_is_marked_failed_and_uploads_no_model(tmp_path, monkeypatch):
     (tmp_path / "generator.keras").write_bytes(b"an older generator")
     writer = writer_for(tmp_path, monkeypatch, wandb_log_model=True)
@@ -337,9 +396,16 @@ def test_when_wandb_falls_behind_rows_are_dropped_with_a_warning_not_queued_fore
 @pytest.mark.ray
 def test_a_two_worker_run_is_one_wandb_run_that_a_resume_continues_without_logging_a_step_twice(
         ray_cluster, tmp_path):
+    from animegan.data.packing import PackProgress, pack
+    from tests.support.images import write_folder
+
+    write_folder(tmp_path / "faces", 64)
+    pack(str(tmp_path / "faces"), str(tmp_path / "faces-packed"), shard_bytes=64 << 10, log=lambda message: None,
+         progress=PackProgress(0, stream=io.StringIO()))
     workdir = tmp_path / "run"
-    config = TrainConfig(workdir=str(workdir), steps=20, log_every=5, sample_every=10, checkpoint_every=10,
-                         workers=2, wandb_group="group-a", **TINY)
+    config = TrainConfig(workdir=str(workdir), data=str(tmp_path / "faces-packed"), steps=20, log_every=5,
+                         sample_every=10, checkpoint_every=10, workers=2, wandb_group="group-a",
+                         wandb_checkpoint_every=2, **TINY)
     metrics, layout = train(config, worker_env={"WANDB_API_KEY": FAKE_KEY})
     assert metrics["status"] == "finished"
 
@@ -373,6 +439,13 @@ def test_a_two_worker_run_is_one_wandb_run_that_a_resume_continues_without_loggi
     jsonl = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [(row["step"], row["loss/g"]) for row in jsonl] == [(row["step"], row["loss/g"]) for row in rows]
     assert run.exit_code == 0
+    # The pack, by reference; the 2nd checkpoint (step 20, also the last), copied.
+    pack_artifact, checkpoint = run.artifacts
+    assert pack_artifact["type"] == "dataset" and pack_artifact["refs"]["manifest.json"] == (
+        f"file://{tmp_path}/faces-packed/manifest.json")
+    assert checkpoint["name"] == f"checkpoint-{run.run_id}" and checkpoint["type"] == "checkpoint"
+    assert set(checkpoint["aliases"]) == {"latest", "step-20"} and checkpoint["refs"] == {}
+    assert "state.json" in checkpoint["files"] and checkpoint["metadata"]["step"] == 20
 
     # The run stops after logging step 20 but before checkpoint 20 is stored: the resume
     # continues the same W&B run, again from rank 0 alone, from checkpoint 10, and repeats
@@ -391,6 +464,9 @@ def test_a_two_worker_run_is_one_wandb_run_that_a_resume_continues_without_loggi
     # The summary covers both sessions.
     both = rows + second.rows_with("loss/g")
     assert second.summary["loss/g"] == {"min": min(row["loss/g"] for row in both), "last": both[-1]["loss/g"]}
+    # The checkpoint resumed from (an input; offline, W&B can only log it), then the 2nd and the last.
+    assert [artifact["type"] for artifact in second.artifacts] == ["dataset"] + ["checkpoint"] * 3
+    assert [artifact["metadata"]["step"] for artifact in second.artifacts[1:]] == [10, 20, 30]
 
     # The key was in rank 0's environment; it is in no file the run wrote.
     assert files_containing(tmp_path, FAKE_KEY) == []

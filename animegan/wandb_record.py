@@ -95,8 +95,8 @@ class LoggedRecord:
     last_step: int | None = None  # None: W&B holds no step of this run yet
     metrics: dict[str, Aggregate] = field(default_factory=dict)
     interval_seconds: float = 0.0
-    _saved_at: float = -math.inf
-    _dirty: bool = False
+    _saved_at: float = field(default=-math.inf, init=False, repr=False)
+    _dirty: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def load(cls, layout: RunLayout, run_id: str, log: Callable[[str], None] = print) -> "LoggedRecord":

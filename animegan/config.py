@@ -102,6 +102,7 @@ class TrainConfig:
     wandb_group: str | None = _option(None, "W&B run group (a sweep's trials share one); default WANDB_RUN_GROUP")
     wandb_tags: str | None = _option(None, "comma-separated W&B tags; default WANDB_TAGS")
     wandb_log_model: bool = _option(False, "upload the exported generator to W&B as a model artifact at the end")
+    wandb_checkpoint_every: int = _option(0, "upload every Nth checkpoint (N = this value) and the last to W&B as artifacts, and after a resume mark the one resumed from as the run's input; 0 uploads none")
 
     # Evaluation (animegan/metrics): FID and KID of the EMA generator against real images it never trained on.
     holdout_fraction: float = _option(0.0, "fraction of the images held out from training (chosen by --seed) as the real images evaluation compares with")
@@ -203,6 +204,9 @@ class TrainConfig:
                              f"{self.batch_size // self.replicas} images")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.wandb_checkpoint_every < 0:
+            raise ValueError(f"--wandb-checkpoint-every must be 0 (off) or a positive number of checkpoints, "
+                             f"got {self.wandb_checkpoint_every}")
         if self.wandb_mode is not None and self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"--wandb-mode must be one of {', '.join(WANDB_MODES)}, got {self.wandb_mode!r}")
         for tag in (self.wandb_tags or "").split(","):

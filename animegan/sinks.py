@@ -24,14 +24,15 @@ class MetricsWriter(Protocol):
 
 
 class MediaWriter(MetricsWriter, Protocol):
-    """A writer that also takes images and the run's summary (a tracker such as W&B).
+    """A writer that also takes images, checkpoints and the run's summary (a tracker such as W&B).
 
     Writers without these methods (metrics.jsonl, the console) are simply not
-    given images and summaries: the workdir has its own sample PNGs.
+    given them: the workdir has its own sample PNGs and checkpoints.
     """
 
     def log_image(self, step: int, key: str, image: Any, caption: str) -> None: ...
     def log_summary(self, values: dict[str, Any]) -> None: ...
+    def log_checkpoint(self, step: int, url: str, final: bool) -> None: ...
 
 
 class JsonlMetrics:
@@ -162,6 +163,12 @@ class MetricsSink:
         for writer in self.writers:
             if hasattr(writer, "log_summary"):
                 writer.log_summary(values)
+
+    def log_checkpoint(self, step: int, url: str, final: bool = False) -> None:
+        """A checkpoint just stored at `url`, for the writers that keep checkpoints (W&B artifacts)."""
+        for writer in self.writers:
+            if hasattr(writer, "log_checkpoint"):
+                writer.log_checkpoint(step, url, final)
 
     def flush(self) -> None:
         for writer in self.writers:

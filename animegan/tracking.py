@@ -99,6 +99,8 @@ def resolve_options(config: TrainConfig, layout: RunLayout, run_id: str, forward
         name=run_name(layout.workdir),
         workdir=layout.workdir,
         log_model=config.wandb_log_model,
+        checkpoint_every=config.checkpoint_every,
+        wandb_checkpoint_every=config.wandb_checkpoint_every,
     )
 
 
@@ -156,12 +158,20 @@ def start_run(config: TrainConfig, layout: RunLayout, forwarded: Mapping[str, st
 
 
 def attach(sink, config: TrainConfig, layout: RunLayout, forwarded: Mapping[str, str], *, start_step: int,
-           source, items: Sequence[str], log: Callable[[str], None] = print) -> None:
-    """Adds a W&B writer to rank 0's sink and, on a fresh start, logs a grid of augmented training images."""
+           source, items: Sequence[str], resumed_from: str | None = None,
+           log: Callable[[str], None] = print) -> None:
+    """Adds a W&B writer to rank 0's sink, names the run's inputs (its data pack, the checkpoint it
+    resumed from) and, on a fresh start, logs a grid of augmented training images."""
     writer = start_run(config, layout, forwarded, log=log)
     if writer is None:
         return
     sink.add(writer)
+    from animegan.data.shards import PackedSource
+
+    if isinstance(source, PackedSource):
+        writer.use_pack(source)
+    if resumed_from is not None:
+        writer.use_checkpoint(resumed_from)
     if start_step > 0:
         return
     try:

@@ -188,7 +188,7 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
         from animegan import tracking
 
         tracking.attach(sink, config, layout, loop_config.get("wandb_env", {}), start_step=start_step,
-                        source=source, items=index.items, log=say)
+                        source=source, items=index.items, resumed_from=latest, log=say)
         clock.mark("metrics and W&B")
 
     def write_samples(step: int) -> None:
@@ -222,6 +222,8 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
 
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=name, checkpoint_upload_fn=upload)
+        # Stored and checked by now; W&B copies it (every --wandb-checkpoint-every-th) on its own thread.
+        sink.log_checkpoint(step, storage.join(layout.checkpoints, name), final=metrics["status"] == "finished")
 
     # W&B and metrics.jsonl keep what was logged even when the loop fails.
     try:

@@ -1,17 +1,20 @@
 """The W&B writer: one W&B run fed from a queue by its own thread, so training never waits for W&B.
 
-The training thread only enqueues rows, images and the end state; the writer's
-thread starts the run (online, else offline), logs, and finishes it. Any W&B
-failure becomes a printed warning: a tracker is never worth a failed run.
+The training thread only enqueues rows, images, checkpoints and the end state; the
+writer's thread starts the run (online, else offline), logs, builds artifacts
+(animegan/wandb_artifacts.py) and finishes the run. Any W&B failure becomes a printed
+warning: a tracker is never worth a failed run.
+
+A session logs no step that the run already holds (W&B cannot overwrite a step), and
+a resumed session's summary covers the whole run: both from the workdir's record of
+what W&B holds (animegan/wandb_record.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 
 from animegan import storage
-from animegan.config import TrainConfig, model_signature
+from animegan import wandb_artifacts as artifacts
+from animegan.wandb_record import SUMMARIES, LoggedRecord
 from animegan.workdir import RunLayout
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -47,14 +51,16 @@ class RunOptions:
     name: str
     workdir: str
     log_model: bool
+    checkpoint_every: int = 0  # --checkpoint-every, to number checkpoints
+    wandb_checkpoint_every: int = 0  # every K-th checkpoint becomes an artifact; 0: none
 
 
 class WandbWriter:
     """A MetricsSink writer for one W&B run; all W&B calls happen on its own thread.
 
-    write(), log_image() and log_summary() only enqueue. close() finishes the run,
-    waiting at most `finish_timeout` seconds; whatever W&B has not sent by then
-    stays in the run's local folder for `wandb sync`.
+    write(), log_image(), log_checkpoint(), use_pack() and log_summary() only
+    enqueue. close() finishes the run, waiting at most `finish_timeout` seconds;
+    whatever W&B has not sent by then stays in the run's local folder for `wandb sync`.
     """
 
     def __init__(self, options: RunOptions, run_config: dict[str, Any], *, log: Callable[[str], None] = print,
@@ -66,10 +72,11 @@ class WandbWriter:
         self._dropped = 0
         self._closed = False
         self._warned: set[str] = set()
-        # Final and best values, kept on the W&B thread for the summary.
-        self._last_row: dict[str, Any] = {}
-        self._best: dict[str, tuple[float, int]] = {}
-        self._speeds: list[float] = []
+        # On the W&B thread: what the run held before this session, and the end state for the summary.
+        self._record: LoggedRecord | None = None
+        self._logged_before: int | None = None  # steps up to this one are the run's already
+        self._resumed_metrics: set[str] = set()  # metrics an earlier session logged
+        self._repeated = 0
         self._end_state: dict[str, Any] = {}
         # Imported here, not on the W&B thread: importing wandb parses source with `ast` (pydantic
         # reads field docstrings), and CPython 3.11's ast is not thread-safe (gh-106905). Beside
@@ -90,6 +97,21 @@ class WandbWriter:
 
     def log_summary(self, values: dict[str, Any]) -> None:
         self._put("summary", dict(values))
+
+    def log_checkpoint(self, step: int, url: str, final: bool = False) -> None:
+        """A checkpoint just stored at `url`; every --wandb-checkpoint-every-th becomes an artifact."""
+        if artifacts.checkpoint_wanted(step, self.options.checkpoint_every, self.options.wandb_checkpoint_every,
+                                       final):
+            self._put("checkpoint", (url, False))
+
+    def use_checkpoint(self, url: str) -> None:
+        """The checkpoint this session resumed from: an input of the run (with --wandb-checkpoint-every)."""
+        if self.options.wandb_checkpoint_every > 0:
+            self._put("checkpoint", (url, True))
+
+    def use_pack(self, source) -> None:
+        """The data pack (a PackedSource) this run reads: an input of the run, by reference."""
+        self._put("pack", source)
 
     def flush(self) -> None:
         pass  # W&B flushes on its own schedule; waiting for it here would stall the checkpoint
@@ -129,6 +151,8 @@ class WandbWriter:
 
     def _work(self, run_config: dict[str, Any]) -> None:
         run = self._start(run_config)
+        if run is not None:
+            self._read_record()
         while True:
             kind, payload = self._queue.get()
             if kind == "finish":
@@ -180,11 +204,27 @@ class WandbWriter:
             name=options.name, id=options.run_id, resume="allow", job_type="train", dir=options.directory,
             config=run_config, reinit="create_new", settings=wandb.Settings(**settings),
         )
-        # Charts use the training step as x axis, not W&B's own counter, so the rows a
-        # resumed run repeats (from its checkpoint on) land on the same steps.
+        # Charts use the training step as x axis, not W&B's own counter, so a resumed run's
+        # rows continue its earlier sessions' on the same axis.
         run.define_metric(STEP_METRIC)
         run.define_metric("*", step_metric=STEP_METRIC)
+        # The summary keeps each metric's best (and last) value, not only its last.
+        for key, kind in SUMMARIES.items():
+            run.define_metric(key, step_metric=STEP_METRIC, summary=f"{kind},last")
         return run
+
+    def _read_record(self) -> None:
+        """What W&B holds of this run from earlier sessions: where to log from, and the summaries so far."""
+        try:
+            self._record = LoggedRecord.load(RunLayout(self.options.workdir), self.options.run_id, log=self.log)
+        except Exception as error:  # noqa: BLE001
+            self.log(f"W&B: could not read what the run already holds ({type(error).__name__}: {error}); "
+                     f"steps this session repeats may be logged twice")
+            return
+        self._logged_before = self._record.last_step
+        self._resumed_metrics = set(self._record.metrics)
+        if self._logged_before is not None:
+            self.log(f"W&B: the run holds steps up to {self._logged_before}; this session logs the steps after it")
 
     def _say_how_to_sync(self, run, reason: str | None) -> None:
         folder = run.settings.sync_dir
@@ -200,36 +240,51 @@ class WandbWriter:
     def _handle(self, run, kind: str, payload: Any) -> None:
         import wandb
 
+        if kind in ("row", "image") and self._logged_before is not None and payload[0] <= self._logged_before:
+            self._repeated += 1  # the run has this step already: W&B would add a second point
+            return
         if kind == "row":
             step, row = payload
-            self._remember(step, row)
             run.log({STEP_METRIC: step, **row})
+            self._note(step, row)
         elif kind == "image":
             step, key, image, caption = payload
             run.log({STEP_METRIC: step, key: wandb.Image(image, caption=caption)})
+            self._note(step, {})
         elif kind == "summary":
             self._end_state.update(payload)
+        elif kind == "pack":
+            artifacts.publish(run, artifacts.pack_artifact(payload), ["latest"], as_input=True)
+        elif kind == "checkpoint":
+            url, resumed_from = payload
+            artifact, aliases, temporary = artifacts.checkpoint_artifact(url, self.options.run_id)
+            try:
+                artifacts.publish(run, artifact, aliases, as_input=resumed_from)
+            finally:
+                if temporary:
+                    shutil.rmtree(temporary, ignore_errors=True)
 
-    def _remember(self, step: int, row: dict[str, Any]) -> None:
-        """Keeps the final training row, the best evaluation scores and the speeds for the summary."""
-        if any(key.startswith("loss/") for key in row):
-            self._last_row = {STEP_METRIC: step, **row}
-        if "perf/images_per_sec" in row:
-            self._speeds.append(float(row["perf/images_per_sec"]))
-        for key, value in row.items():
-            # Evaluation scores (FID, KID) are distances: lower is better.
-            if key.startswith("eval/") and isinstance(value, (int, float)):
-                if key not in self._best or value < self._best[key][0]:
-                    self._best[key] = (float(value), step)
+    def _note(self, step: int, row: dict[str, Any]) -> None:
+        """Records a logged step (and its summarised metrics) in the workdir, for the next session."""
+        if self._record is None:
+            return
+        self._record.observe(step, row)
+        try:
+            self._record.save()
+        except Exception as error:  # noqa: BLE001
+            self._warn_once("record", f"could not record the logged steps in {self._record.url} "
+                                      f"({type(error).__name__}: {error}); a resume may log some steps twice")
 
     def summary(self) -> dict[str, Any]:
-        """The final training row, the best evaluation scores (and their steps), the mean speed, the end state."""
-        values = dict(self._last_row)
-        for key, (value, step) in self._best.items():
-            values[f"best/{key}"] = value
-            values[f"best/{key}_step"] = step
-        if self._speeds:
-            values["perf/mean_images_per_sec"] = float(np.mean(self._speeds))
+        """The end state and, after a resume, the whole run's summaries of the metrics earlier sessions logged.
+
+        W&B aggregates define_metric's summaries per session (see animegan/wandb_record.py);
+        a fresh run's are W&B's own and are left alone.
+        """
+        values: dict[str, Any] = {}
+        if self._record is not None:
+            for key in sorted(self._resumed_metrics & set(self._record.metrics)):
+                values[key] = self._record.metrics[key].summary(SUMMARIES[key])
         values.update(self._end_state)
         return values
 
@@ -237,7 +292,11 @@ class WandbWriter:
         import wandb
 
         status = self._end_state.get("status", "finished")
+        if self._repeated:
+            self.log(f"W&B: {self._repeated} row(s) and image(s) of steps up to {self._logged_before}, which the "
+                     f"run already held, were not logged again")
         for action, attempt in [("write the summary", lambda: run.summary.update(self.summary())),
+                                ("record the logged steps", lambda: self._record and self._record.save(force=True)),
                                 ("upload the generator", lambda: self._log_model(run)),
                                 ("finish the run", lambda: run.finish(exit_code=0 if status == "finished" else 1))]:
             try:
@@ -253,32 +312,17 @@ class WandbWriter:
     def _log_model(self, run) -> None:
         if not self.options.log_model or self._end_state.get("status", "finished") != "finished":
             return
-        import wandb
-
         layout = RunLayout(self.options.workdir)
-        if not storage.exists(layout.generator):
+        built = artifacts.generator_artifact(layout, self.options.run_id)
+        if built is None:
             self.log(f"W&B: --wandb-log-model: no generator at {layout.generator}; nothing uploaded")
             return
-        info = json.loads(storage.read_text(layout.generator_info)) if storage.exists(layout.generator_info) else {}
-        config = info.get("config", {})
-        signature = model_signature(TrainConfig.from_saved(config)) if config else {}
-        artifact = wandb.Artifact(f"generator-{self.options.run_id}", type="model",
-                                  description="EMA generator of an animegan DCGAN run (Keras 3 .keras file)",
-                                  metadata={"step": info.get("step"), **signature})
-        directory = None
+        artifact, aliases, temporary = built
         try:
-            local = layout.generator
-            if not storage.is_local(local):
-                directory = tempfile.mkdtemp(prefix="animegan-wandb-model-")
-                local = os.path.join(directory, "generator.keras")
-                with open(local, "wb") as file:
-                    file.write(storage.read_bytes(layout.generator))
-            artifact.add_file(local, name="generator.keras")
-            aliases = ["latest"] + ([f"step-{info['step']}"] if info.get("step") is not None else [])
             run.log_artifact(artifact, aliases=aliases)
         finally:
-            if directory:
-                shutil.rmtree(directory, ignore_errors=True)
+            if temporary:
+                shutil.rmtree(temporary, ignore_errors=True)
 
     def _copy_to_workdir(self, folder: str) -> None:
         """An offline run of a gs:// workdir would otherwise be stranded on rank 0's machine."""

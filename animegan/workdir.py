@@ -63,6 +63,11 @@ class RunLayout:
         return self.path("wandb-run.json")
 
     @property
+    def wandb_logged(self) -> str:
+        """What the W&B run already holds: its last logged step and running summaries (animegan/wandb_record.py)."""
+        return self.path("wandb-logged.json")
+
+    @property
     def lease(self) -> str:
         """The lease of the run that holds the workdir now (animegan/lease.py)."""
         return self.path(LEASE)

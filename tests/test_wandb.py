@@ -8,9 +8,10 @@ worker_runtime_env) where a test needs W&B to believe it could log in.
 from __future__ import annotations
 
 import contextlib
-
+import io
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -97,6 +98,9 @@ def test_bad_wandb_settings_are_rejected_with_clear_messages():
         TrainConfig(wandb_mode="sometimes").validate()
     with pytest.raises(ValueError, match=r"--wandb-tags: W&B tags are at most 64 characters"):
         TrainConfig(wandb_tags="ok," + "x" * 65).validate()
+    with pytest.raises(ValueError, match=r"--wandb-checkpoint-every must be 0 \(off\) or a positive number of "
+                                         r"checkpoints, got -1"):
+        TrainConfig(wandb_checkpoint_every=-1).validate()
     with pytest.raises(ValueError, match=r"WANDB_MODE must be one of online, offline, disabled, got 'loud'"):
         tracking.driver_environment({"WANDB_MODE": "loud"})
     with pytest.raises(ValueError, match=r"WANDB_INIT_TIMEOUT must be a positive number of seconds, got 'soon'"):
@@ -136,7 +140,7 @@ def writer_for(tmp_path, monkeypatch, workdir: str | None = None, **changes) -> 
     return tracking.WandbWriter(options, config.to_dict(), log=lambda message: None)
 
 
-def test_writer_logs_rows_images_best_scores_summary_and_the_model(tmp_path, monkeypatch):
+def test_writer_logs_rows_images_summaries_of_the_best_values_and_the_model(tmp_path, monkeypatch):
     (tmp_path / "generator.keras").write_bytes(b"not really a model, but bytes to upload")
     (tmp_path / "generator.json").write_text(json.dumps({"step": 30, "config": TrainConfig().to_dict()}))
     writer = writer_for(tmp_path, monkeypatch, wandb_log_model=True)
@@ -155,15 +159,133 @@ def test_writer_logs_rows_images_best_scores_summary_and_the_model(tmp_path, mon
     [image] = run.rows_with("samples/ema")
     assert image["step"] == 30 and image["samples/ema"]["caption"] == "step 30"
     assert image["samples/ema"]["_type"] == "image-file"
+    # W&B keeps the best and the last value of each (define_metric), against the training step.
+    for key, kind in [("eval/fid", "min"), ("eval/kid", "min"), ("loss/d", "min"), ("loss/g", "min"),
+                      ("perf/images_per_sec", "mean")]:
+        assert run.metrics[key] == {"step_metric": "step", "summary": {kind, "last"}}, key
+    assert run.metrics["eval/inception_score"]["summary"] == {"max", "last"}
+    assert run.metrics["*"]["step_metric"] == "step"
     summary = run.summary
-    assert summary["best/eval/fid"] == 70.0 and summary["best/eval/fid_step"] == 20
-    assert summary["best/eval/kid"] == pytest.approx(0.07)
-    assert summary["loss/g"] == 3.0 and summary["eval/fid"] == 80.0  # final values
-    assert summary["perf/mean_images_per_sec"] == pytest.approx(20.0)
+    assert summary["eval/fid"] == {"min": 70.0, "last": 80.0}
+    assert summary["eval/kid"] == {"min": pytest.approx(0.07), "last": pytest.approx(0.08)}
+    assert summary["loss/g"] == {"min": 1.0, "last": 3.0}
+    assert summary["perf/images_per_sec"] == {"mean": pytest.approx(20.0), "last": 30.0}
+    assert not [key for key in summary if key.startswith("best")]
     assert summary["status"] == "finished" and summary["step"] == 30
     [artifact] = run.artifacts
     assert artifact["type"] == "model" and artifact["files"] == ["generator.keras"]
     assert set(artifact["aliases"]) >= {"latest", "step-30"}
+
+
+def test_a_resumed_session_logs_only_steps_past_the_run_and_its_summary_covers_every_session(tmp_path, monkeypatch):
+    # Session 1 logged steps 10 and 20 and stopped; its newest checkpoint was at 10, so session 2
+    # repeats step 20 before going on. W&B cannot overwrite step 20: session 2 must leave it out.
+    first = writer_for(tmp_path, monkeypatch)
+    for step, fid in [(10, 90.0), (20, 70.0)]:
+        first.write(step, {"loss/g": step / 10, "perf/images_per_sec": 10.0})
+        first.write(step, {"eval/fid": fid})
+    first.log_image(20, "samples/ema", np.zeros((8, 8, 3), np.uint8), "step 20")
+    first.close()
+    record = json.loads((tmp_path / "wandb-logged.json").read_text())
+    assert record["last_step"] == 20 and record["metrics"]["eval/fid"]["min"] == 70.0
+
+    messages: list[str] = []
+    second = writer_for(tmp_path, monkeypatch)
+    second.log = messages.append
+    for step, fid in [(20, 75.0), (30, 80.0)]:
+        second.write(step, {"loss/g": step / 100, "perf/images_per_sec": 40.0})
+        second.write(step, {"eval/fid": fid})
+        second.log_image(step, "samples/ema", np.zeros((8, 8, 3), np.uint8), f"step {step}")
+    second.log_summary({"status": "finished", "step": 30})
+    second.close()
+
+    earlier, later = [read_run(path) for path in run_files(tmp_path)]
+    assert earlier.run_id == later.run_id
+    assert [row["step"] for row in later.rows_with("loss/g")] == [30]
+    assert [row["step"] for row in later.rows_with("eval/fid")] == [30]
+    assert [row["step"] for row in later.rows_with("samples/ema")] == [30]
+    # Every step once over both sessions.
+    steps = [row["step"] for run in (earlier, later) for row in run.rows_with("loss/g")]
+    assert steps == sorted(set(steps)) == [10, 20, 30]
+    # The summary is the whole run's: FID 70 was session 1's, the last values session 2's.
+    assert later.summary["eval/fid"] == {"min": 70.0, "last": 80.0}
+    assert later.summary["loss/g"] == {"min": 0.3, "last": 0.3}
+    assert later.summary["perf/images_per_sec"] == {"mean": pytest.approx(20.0), "last": 40.0}
+    assert json.loads((tmp_path / "wandb-logged.json").read_text())["last_step"] == 30
+    assert any("holds steps up to 20" in message for message in messages), messages
+    assert any("3 row(s) and image(s) of steps up to 20" in message for message in messages), messages
+
+
+def test_a_record_of_logged_steps_that_is_not_valid_is_ignored_with_a_warning(tmp_path):
+    from animegan.wandb_record import LoggedRecord
+
+    layout = RunLayout(str(tmp_path))
+    messages: list[str] = []
+    for document in ['{"run_id": "abc", "last_step": "twenty", "metrics": {}}',
+                     '{"run_id": "abc", "last_step": 5, "metrics": {"eval/fid": {"min": "NaN"}}}',
+                     '{"run_id": "abc", "last_step": 5, "metrics": {"../other": {}}}', "not json"]:
+        (tmp_path / "wandb-logged.json").write_text(document)
+        record = LoggedRecord.load(layout, "abc", log=messages.append)
+        assert record.last_step is None and record.metrics == {}
+    assert len(messages) == 4 and all("may be logged twice" in message for message in messages)
+    # Another run's record (the workdir was started over) is not this run's history.
+    (tmp_path / "wandb-logged.json").write_text('{"run_id": "xyz", "last_step": 50, "metrics": {}}')
+    assert LoggedRecord.load(layout, "abc", log=messages.append).last_step is None and len(messages) == 4
+
+
+def test_an_artifact_that_cannot_be_made_is_a_warning_and_logging_goes_on(tmp_path, monkeypatch):
+    # A checkpoint that --keep-checkpoints pruned before W&B's thread came to it.
+    writer = writer_for(tmp_path, monkeypatch, checkpoint_every=10, wandb_checkpoint_every=1)
+    messages: list[str] = []
+    writer.log = messages.append
+    writer.write(10, {"loss/g": 1.0})
+    writer.log_checkpoint(10, str(tmp_path / "checkpoints" / "checkpoint-00000010"))
+    writer.write(20, {"loss/g": 2.0})
+    writer.log_summary({"status": "finished", "step": 20})
+    writer.close()
+    run = read_run(run_files(tmp_path)[0])
+    assert [row["step"] for row in run.rows_with("loss/g")] == [10, 20]
+    assert run.artifacts == [] and run.exit_code == 0 and run.summary["status"] == "finished"
+    assert any(message.startswith("W&B: could not log a checkpoint (FileNotFoundError") for message in messages), \
+        messages
+
+
+def test_every_kth_checkpoint_and_the_last_become_artifacts():
+    from animegan.wandb_artifacts import checkpoint_wanted
+
+    steps = [10, 20, 30, 40, 50, 60, 65]
+    wanted = [step for step in steps if checkpoint_wanted(step, 10, 3, final=step == 65)]
+    assert wanted == [30, 60, 65]
+    assert not any(checkpoint_wanted(step, 10, 0, final=True) for step in steps)  # off by default
+    assert [step for step in steps if checkpoint_wanted(step, 10, 1, final=False)] == steps[:-1]
+
+
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_a_data_pack_is_a_reference_artifact_that_the_run_uses(where, tmp_path, monkeypatch, request):
+    from animegan.data.packing import PackProgress, pack
+    from animegan.data.shards import PackedSource
+    from tests.support.bucket_data import image_bytes, write_local
+
+    write_local(tmp_path / "raw", image_bytes(24))
+    destination = (str(tmp_path / "faces-packed") if where == "local"
+                   else f"{request.getfixturevalue('bucket')}/packs/faces-packed")
+    pack(str(tmp_path / "raw"), destination, shard_bytes=16 << 10, log=lambda message: None,
+         progress=PackProgress(0, stream=io.StringIO()))
+    source = PackedSource(destination)
+    writer = writer_for(tmp_path, monkeypatch, workdir=str(tmp_path / "run"))
+    writer.use_pack(source)
+    writer.close()
+
+    [artifact] = read_run(run_files(tmp_path / "run")[0]).artifacts
+    assert artifact["name"] == "pack-faces-packed" and artifact["type"] == "dataset"
+    shards = [shard.name for shard in source.manifest.shards]
+    assert len(shards) >= 2
+    expected = ["manifest.json"] + shards + [f"{name}.json" for name in shards]
+    assert sorted(artifact["files"]) == sorted(expected)
+    # Referred to where the pack lives, not copied: every entry names its file's URL.
+    base = f"file://{tmp_path}/faces-packed" if where == "local" else destination
+    assert artifact["refs"] == {name: f"{base}/{name}" for name in expected}
+    assert artifact["metadata"]["images"] == 24 and artifact["metadata"]["shards"] == len(shards)
 
 
 def test_a_diverged_run_is_marked_failed_and_uploads_no_model(tmp_path, monkeypatch):
@@ -272,17 +394,26 @@ def test_when_wandb_falls_behind_rows_are_dropped_with_a_warning_not_queued_fore
 
 
 @pytest.mark.ray
-def test_a_two_worker_run_is_one_wandb_run_that_a_resume_continues(ray_cluster, tmp_path):
-    config = TrainConfig(workdir=str(tmp_path), steps=20, log_every=5, sample_every=10, checkpoint_every=10,
-                         workers=2, wandb_group="group-a", **TINY)
+def test_a_two_worker_run_is_one_wandb_run_that_a_resume_continues_without_logging_a_step_twice(
+        ray_cluster, tmp_path):
+    from animegan.data.packing import PackProgress, pack
+    from tests.support.images import write_folder
+
+    write_folder(tmp_path / "faces", 64)
+    pack(str(tmp_path / "faces"), str(tmp_path / "faces-packed"), shard_bytes=64 << 10, log=lambda message: None,
+         progress=PackProgress(0, stream=io.StringIO()))
+    workdir = tmp_path / "run"
+    config = TrainConfig(workdir=str(workdir), data=str(tmp_path / "faces-packed"), steps=20, log_every=5,
+                         sample_every=10, checkpoint_every=10, workers=2, wandb_group="group-a",
+                         wandb_checkpoint_every=2, **TINY)
     metrics, layout = train(config, worker_env={"WANDB_API_KEY": FAKE_KEY})
     assert metrics["status"] == "finished"
 
     # Rank 0 alone started a run: one run folder, whose id is the workdir's.
-    [run_file] = run_files(tmp_path)
+    [run_file] = run_files(workdir)
     run = read_run(run_file)
-    assert run.run_id == json.loads((tmp_path / "wandb-run.json").read_text())["id"]
-    assert (run.project, run.group, run.name) == ("animegan", "group-a", tmp_path.name)
+    assert run.run_id == json.loads((workdir / "wandb-run.json").read_text())["id"]
+    assert (run.project, run.group, run.name) == ("animegan", "group-a", "run")
 
     assert run.config["workers"] == 2 and run.config["replicas"] == 2
     assert run.config["batch_size"] == 8 and run.config["noise_dim"] == 16 and run.config["steps"] == 20
@@ -303,20 +434,39 @@ def test_a_two_worker_run_is_one_wandb_run_that_a_resume_continues(ray_cluster, 
     assert preview["step"] == 0 and preview["data/preview"]["width"] == 8 * 66 + 2  # 8x8 grid of 64 px + padding
 
     assert run.summary["status"] == "finished" and run.summary["step"] == 20
-    assert run.summary["loss/g"] == rows[-1]["loss/g"]
+    assert run.summary["loss/g"] == {"min": min(row["loss/g"] for row in rows), "last": rows[-1]["loss/g"]}
     # The same rows went to metrics.jsonl, and the images did not (the workdir has its PNGs).
-    jsonl = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    jsonl = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [(row["step"], row["loss/g"]) for row in jsonl] == [(row["step"], row["loss/g"]) for row in rows]
     assert run.exit_code == 0
+    # The pack, by reference; the 2nd checkpoint (step 20, also the last), copied.
+    pack_artifact, checkpoint = run.artifacts
+    assert pack_artifact["type"] == "dataset" and pack_artifact["refs"]["manifest.json"] == (
+        f"file://{tmp_path}/faces-packed/manifest.json")
+    assert checkpoint["name"] == f"checkpoint-{run.run_id}" and checkpoint["type"] == "checkpoint"
+    assert set(checkpoint["aliases"]) == {"latest", "step-20"} and checkpoint["refs"] == {}
+    assert "state.json" in checkpoint["files"] and checkpoint["metadata"]["step"] == 20
 
-    # Resuming the workdir continues the same W&B run, again from rank 0 alone, from checkpoint 20 on.
+    # The run stops after logging step 20 but before checkpoint 20 is stored: the resume
+    # continues the same W&B run, again from rank 0 alone, from checkpoint 10, and repeats
+    # steps 15 and 20, which W&B holds already and must not be given again.
+    shutil.rmtree(workdir / "checkpoints" / "checkpoint-00000020")
     train(config.replace(steps=30), worker_env={"WANDB_API_KEY": FAKE_KEY})
-    first, second = [read_run(path) for path in run_files(tmp_path)]
+    first, second = [read_run(path) for path in run_files(workdir)]
     assert first.run_id == second.run_id == run.run_id
     assert [row["step"] for row in second.rows_with("loss/g")] == [25, 30]
     assert [row["step"] for row in second.rows_with("samples/ema")] == [30]
     assert second.rows_with("data/preview") == []  # the preview belongs to the start of training only
     assert second.summary["step"] == 30 and second.config["steps"] == 30
+    # metrics.jsonl has every step once too, steps 15 and 20 as the resumed session computed them.
+    assert [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [
+        5, 10, 15, 20, 25, 30]
+    # The summary covers both sessions.
+    both = rows + second.rows_with("loss/g")
+    assert second.summary["loss/g"] == {"min": min(row["loss/g"] for row in both), "last": both[-1]["loss/g"]}
+    # The checkpoint resumed from (an input; offline, W&B can only log it), then the 2nd and the last.
+    assert [artifact["type"] for artifact in second.artifacts] == ["dataset"] + ["checkpoint"] * 3
+    assert [artifact["metadata"]["step"] for artifact in second.artifacts[1:]] == [10, 20, 30]
 
     # The key was in rank 0's environment; it is in no file the run wrote.
     assert files_containing(tmp_path, FAKE_KEY) == []

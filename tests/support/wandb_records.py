@@ -64,6 +64,7 @@ class WandbRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # define_metric's, by name (or glob)
     exit_code: int | None = None
 
     def rows_with(self, key: str) -> list[dict[str, Any]]:
@@ -105,9 +106,17 @@ def read_run(path: Path) -> WandbRun:
             for item in record.summary.update:
                 _assign(run.summary, _key(item), json.loads(item.value_json))
         elif kind == "artifact":
+            contents = record.artifact.manifest.contents
             run.artifacts.append({"name": record.artifact.name, "type": record.artifact.type,
                                   "aliases": list(record.artifact.aliases),
-                                  "files": [entry.path for entry in record.artifact.manifest.contents]})
+                                  "files": [entry.path for entry in contents],
+                                  "refs": {entry.path: entry.ref for entry in contents if entry.ref},
+                                  "metadata": json.loads(record.artifact.metadata or "{}")})
+        elif kind == "metric":
+            metric = record.metric
+            summary = {name for name in ("min", "max", "mean", "best", "last", "none", "first")
+                       if getattr(metric.summary, name)}
+            run.metrics[metric.name or metric.glob_name] = {"step_metric": metric.step_metric, "summary": summary}
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
     return run

@@ -111,11 +111,12 @@ def finished_outcome(config: TrainConfig, layout: RunLayout) -> TrainOutcome | N
 
 
 def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None,
-                  startup_marks: list | None = None, resume_from: str | None = None):
+                  startup_marks: list | None = None, resume_from: str | None = None, report_every: int = 0):
     """The TensorflowTrainer for a resolved config (also used by the tuning trials).
 
     `resume_from` is resolve()'s choice of checkpoint: rank 0 loads it (or a newer one written by
-    this run before a restart), never an older one.
+    this run before a restart), never an older one. `report_every` > 0 (a sweep's trials) makes the
+    workers report to Ray every that many steps, for Tune's schedulers.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -136,7 +137,8 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
         train_loop_per_worker,
         # The driver's W&B settings (never the API key) ride along to rank 0.
         train_loop_config={"config": config.to_dict(), "workdir": layout.workdir, "resume_from": resume_from,
-                           "wandb_env": driver_environment(), "startup": startup_marks or []},
+                           "wandb_env": driver_environment(), "startup": startup_marks or [],
+                           "report_every": report_every},
         # TF_CONFIG for MultiWorkerMirroredStrategy, without TensorFlow in Ray Train's controller.
         tensorflow_config=MultiWorkerConfig(),
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,

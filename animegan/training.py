@@ -45,6 +45,11 @@ def data_position(step: int, num_items: int, config: TrainConfig) -> tuple[int, 
     return consumed // per_worker_items, consumed % per_worker_items
 
 
+def images_seen(step: int, config: TrainConfig) -> int:
+    """Real images the discriminator has seen after `step` global steps: a sweep's clock, whatever the batch size."""
+    return step * config.batch_size
+
+
 def peak_memory_mb() -> float:
     """This process's peak resident memory so far, in MB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
     import resource
@@ -74,6 +79,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     A step that waits longer than --collective-timeout for the other workers fails
     with a CollectiveTimeout naming it (animegan/watchdog.py), and Ray Train
     restarts the worker group from the latest checkpoint as for a crash.
+
+    `loop_config["report_every"]` (a sweep's trials) adds a report to Ray every that
+    many steps, with the step's own metrics, beside the reports at checkpoints and
+    evaluations; every report carries `images_seen`, the schedulers' clock.
     """
     import ray.train
 
@@ -228,7 +237,9 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
         # --- the loop
         window: list[tf.Tensor] = []
         window_start = time.perf_counter()
-        last_row: dict[str, Any] = {"status": "running", "step": start_step}
+        last_row: dict[str, Any] = {"status": "running", "step": start_step,
+                                    "images_seen": images_seen(start_step, config)}
+        report_every = int(loop_config.get("report_every") or 0)
         diverged = False
         for step in range(start_step + 1, config.steps + 1):
             with watchdog.step(step):
@@ -241,11 +252,13 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
                 if is_chief:
                     clock.write(layout.startup, log=say)
 
-            if step % config.log_every == 0 or checkpoint_due:
+            report_due = report_every > 0 and step % report_every == 0
+            if step % config.log_every == 0 or checkpoint_due or report_due:
                 # One host sync per logged step, not per step.
                 means = tf.reduce_mean(tf.stack(window), axis=0).numpy()
                 elapsed = time.perf_counter() - window_start
                 row = {name: float(value) for name, value in zip(STEP_METRICS, means)}
+                row["images_seen"] = images_seen(step, config)
                 row["perf/images_per_sec"] = len(window) * config.batch_size / elapsed
                 row["perf/step_time"] = elapsed / len(window)
                 row["data/skipped"] = stats.skipped
@@ -274,12 +287,14 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
             reported = {**last_row, **(evaluation.latest if evaluation else {})}
             if checkpoint_due:
                 save_checkpoint(step, {**reported, "status": "finished" if is_last else "running"})
-            elif eval_due:
-                # Every worker reports at evaluation steps too: a barrier, the same count on every worker.
+            elif eval_due or report_due:
+                # Every worker reports at these steps too: a barrier, the same count on every worker.
                 ray.train.report(reported)
 
         if diverged:
-            ray.train.report(last_row)
+            # The generator is past saving: its evaluation, too, is NaN now, so no sweep picks it as the best.
+            scores = [name for name in (evaluation.latest if evaluation else {}) if name != "eval/step"]
+            ray.train.report({**last_row, **{name: math.nan for name in scores}})
         elif start_step >= config.steps:
             say(f"Nothing to train: the checkpoint is at step {start_step} and --steps is {config.steps}")
             ray.train.report({**last_row, "status": "finished"})

@@ -194,8 +194,9 @@ def report_finished_run(config: TrainConfig, layout: RunLayout) -> bool:
     if not storage.exists(layout.status):
         return False
     ended = json.loads(storage.read_text(layout.status))
-    if ended["status"] == "finished" and ended["step"] < config.steps:
-        return False
+    if ended["status"] not in ("finished", "diverged") or (ended["status"] == "finished"
+                                                           and ended["step"] < config.steps):
+        return False  # preempted, or finished short of this trial's length: it trains on
     print(f"{layout.workdir} already {ended['status']} at step {ended['step']}: reporting it, not training again")
     ray.tune.report({**ended["metrics"], **latest_evaluation(layout.metrics, ended["step"]),
                      "step": ended["step"], "images_seen": images_seen(ended["step"], config),

@@ -175,7 +175,8 @@ def trial_length(batch_size: int, *, budget_images: int, report_every_images: in
         values["eval_every"] = report_steps
     if "checkpoint_every" in derived:
         # PBT copies checkpoints between trials at reports: every report is one.
-        values["checkpoint_every"] = report_steps if scheduler == "pbt" else max(1, math.ceil(steps / CHECKPOINTS_PER_TRIAL))
+        values["checkpoint_every"] = (report_steps if scheduler == "pbt"
+                                      else max(1, math.ceil(steps / CHECKPOINTS_PER_TRIAL)))
     return values
 
 

@@ -30,10 +30,12 @@ from animegan.workdir import LEASE, RunLayout
 JOURNAL = "archive.json"
 
 
-def archive_run(workdir: str, keep: Iterable[str] = (), log: Callable[[str], None] = print) -> str | None:
+def archive_run(workdir: str, keep: Iterable[str] = (), log: Callable[[str], None] = print,
+                reason: str = "--restart") -> str | None:
     """Moves every entry of the workdir except the archive and `keep` into a new archive folder.
 
-    Returns the archive folder's URL, or None when there was nothing to set aside.
+    Returns the archive folder's URL, or None when there was nothing to set aside. `reason` says
+    in the messages why the run is set aside (a sweep's PBT sets a trial's run aside too).
     """
     finish_interrupted(workdir, log)
     archive = RunLayout(workdir).archive
@@ -41,16 +43,16 @@ def archive_run(workdir: str, keep: Iterable[str] = (), log: Callable[[str], Non
     kept = set(keep) | {posixpath.basename(archive), LEASE}
     entries = [name for name in storage.list_dir(workdir) if name not in kept]
     if not entries:
-        log(f"--restart: {workdir} holds no previous run; starting a new one")
+        log(f"{reason}: {workdir} holds no previous run; starting a new one")
         return None
     for entry in entries:  # the journal's entries are checked when read back: only names that pass go in
-        storage.check_relative_name(entry, f"--restart: {workdir}", single=True)
+        storage.check_relative_name(entry, f"{reason}: {workdir}", single=True)
     target = _new_archive_folder(workdir)
     journal = {"status": "moving", "entries": entries,
                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     storage.write_text(storage.join(target, JOURNAL), json.dumps(journal, indent=2) + "\n")
     _move_entries(workdir, target, journal)
-    log(f"--restart: the previous run ({', '.join(entries)}) is now in {target}; starting over in {workdir}")
+    log(f"{reason}: the previous run ({', '.join(entries)}) is now in {target}; starting over in {workdir}")
     return target
 
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from animegan import cluster, storage
+from animegan import cluster, preemption, storage
 from animegan.config import TrainConfig
 from animegan.data.demo import DEMO_COUNT, demo_archive_name, ensure_demo_archive
 from animegan.data.index import DataIndex, index_for
@@ -111,11 +111,14 @@ def finished_outcome(config: TrainConfig, layout: RunLayout) -> TrainOutcome | N
 
 
 def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dict | None = None,
-                  startup_marks: list | None = None, resume_from: str | None = None):
+                  startup_marks: list | None = None, resume_from: str | None = None, report_every: int = 0,
+                  stop_notice=None):
     """The TensorflowTrainer for a resolved config (also used by the tuning trials).
 
     `resume_from` is resolve()'s choice of checkpoint: rank 0 loads it (or a newer one written by
-    this run before a restart), never an older one.
+    this run before a restart), never an older one. `report_every` > 0 (a sweep's trials) makes the
+    workers report to Ray every that many steps, for Tune's schedulers. `stop_notice` (preemption.py)
+    lets the driver ask the workers to checkpoint their step and stop.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
@@ -136,7 +139,8 @@ def build_trainer(config: TrainConfig, layout: RunLayout, run_config_extras: dic
         train_loop_per_worker,
         # The driver's W&B settings (never the API key) ride along to rank 0.
         train_loop_config={"config": config.to_dict(), "workdir": layout.workdir, "resume_from": resume_from,
-                           "wandb_env": driver_environment(), "startup": startup_marks or []},
+                           "wandb_env": driver_environment(), "startup": startup_marks or [],
+                           "report_every": report_every, "stop_notice": stop_notice},
         # TF_CONFIG for MultiWorkerMirroredStrategy, without TensorFlow in Ray Train's controller.
         tensorflow_config=MultiWorkerConfig(),
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
@@ -200,13 +204,21 @@ def _run_training(config: TrainConfig, *, address: str | None, restart: bool, lo
         storage.remove(layout.status)
         # fit() raises if training fails. Its Result carries the metrics of the latest checkpoint,
         # not of the last report, so rank 0 records how the run ended in status.json.
-        build_trainer(config, layout, startup_marks=clock.marks, resume_from=resume_from).fit()
+        notice = preemption.create_notice()
+        with preemption.sigterm_stops_training(notice, log):
+            build_trainer(config, layout, startup_marks=clock.marks, resume_from=resume_from,
+                          stop_notice=notice).fit()
     finally:
         if started:
             ray.shutdown()
     ended = json.loads(storage.read_text(layout.status))
     outcome = TrainOutcome(status=ended["status"], step=int(ended["step"]), metrics=ended["metrics"],
                            layout=layout)
+    if outcome.status == preemption.PREEMPTED:
+        print(f"animegan: stopped at step {outcome.step} as asked (SIGTERM), with a checkpoint of that step in "
+              f"{layout.checkpoints}; run the same command again to resume at step {outcome.step + 1}",
+              file=sys.stderr)
+        return outcome
     if outcome.status == "diverged":
         print(f"animegan: training stopped at step {outcome.step}: a loss became NaN or infinite. "
               f"The latest good checkpoint is in {layout.checkpoints}; lower --lr and resume.", file=sys.stderr)

@@ -243,6 +243,15 @@ def remove(url: str) -> None:
         pass
 
 
+def remove_folder(url: str) -> None:
+    """Deletes a folder and everything in it, if it exists."""
+    fs, path = filesystem(url)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
 def move(source: str, destination: str) -> None:
     """Moves a file or folder to another URL on the same filesystem; calling it again finishes an interrupted move.
 

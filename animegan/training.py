@@ -2,8 +2,9 @@
 
 Every worker runs this function under `MultiWorkerMirroredStrategy` (Ray sets
 TF_CONFIG). Workers run exactly the same sequence of collective operations:
-the step, the metric reduction, sampling and the checkpoint report happen on
-every worker at the same steps, and only rank 0 writes files.
+the step, the metric reduction, the stop agreement (animegan/preemption.py),
+sampling and the checkpoint report happen on every worker at the same steps,
+and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def data_position(step: int, num_items: int, config: TrainConfig) -> tuple[int, 
     return consumed // per_worker_items, consumed % per_worker_items
 
 
+def images_seen(step: int, config: TrainConfig) -> int:
+    """Real images the discriminator has seen after `step` global steps: a sweep's clock, whatever the batch size."""
+    return step * config.batch_size
+
+
 def peak_memory_mb() -> float:
     """This process's peak resident memory so far, in MB (ru_maxrss is in KiB on Linux, bytes on macOS)."""
     import resource
@@ -74,17 +80,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     A step that waits longer than --collective-timeout for the other workers fails
     with a CollectiveTimeout naming it (animegan/watchdog.py), and Ray Train
     restarts the worker group from the latest checkpoint as for a crash.
+
+    `loop_config["report_every"]` (a sweep's trials) adds a report to Ray every that
+    many steps, with the step's own metrics, beside the reports at checkpoints and
+    evaluations; every report carries `images_seen`, the schedulers' clock.
     """
     import ray.train
 
+    from animegan.preemption import StopWatcher
     from animegan.watchdog import StepWatchdog
 
     config = TrainConfig.from_dict(loop_config["config"])
-    with StepWatchdog(config.collective_timeout, ray.train.get_context().get_world_rank()) as watchdog:
-        _train(loop_config, watchdog)
+    with StepWatchdog(config.collective_timeout, ray.train.get_context().get_world_rank()) as watchdog, \
+            StopWatcher(loop_config.get("stop_notice")) as stop_watcher:
+        _train(loop_config, watchdog, stop_watcher)
 
 
-def _train(loop_config: dict[str, Any], watchdog) -> None:
+def _train(loop_config: dict[str, Any], watchdog, stop_watcher) -> None:
     from animegan.startup import StartupClock
 
     clock = StartupClock(loop_config.get("startup"))
@@ -113,6 +125,7 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
     from animegan.gan import STEP_METRICS, build_state, make_ema_statistics_refresher, make_train_step
     from animegan.grids import image_grid, save_png
     from animegan.metrics.during_training import TrainingEvaluation
+    from animegan.preemption import PREEMPTED
     from animegan.retries import call_with_retries
     from animegan.sinks import ConsoleProgress, JsonlMetrics, MetricsSink
 
@@ -165,6 +178,7 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = make_train_step(state, config, strategy)
+    agree_to_stop = make_stop_agreement(strategy)
     refresh_ema_statistics = make_ema_statistics_refresher(state, config)
     ema_ready_at = -1
 
@@ -230,8 +244,10 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
         # --- the loop
         window: list[tf.Tensor] = []
         window_start = time.perf_counter()
-        last_row: dict[str, Any] = {"status": "running", "step": start_step}
-        diverged = False
+        last_row: dict[str, Any] = {"status": "running", "step": start_step,
+                                    "images_seen": images_seen(start_step, config)}
+        report_every = int(loop_config.get("report_every") or 0)
+        diverged = preempted = False
         for step in range(start_step + 1, config.steps + 1):
             with watchdog.step(step):
                 window.append(train_step(next_batch(iterator, stats)))
@@ -243,11 +259,13 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
                 if is_chief:
                     clock.write(layout.startup, log=say)
 
-            if step % config.log_every == 0 or checkpoint_due:
+            report_due = report_every > 0 and step % report_every == 0
+            if step % config.log_every == 0 or checkpoint_due or report_due:
                 # One host sync per logged step, not per step.
                 means = tf.reduce_mean(tf.stack(window), axis=0).numpy()
                 elapsed = time.perf_counter() - window_start
                 row = {name: float(value) for name, value in zip(STEP_METRICS, means)}
+                row["images_seen"] = images_seen(step, config)
                 row["perf/images_per_sec"] = len(window) * config.batch_size / elapsed
                 row["perf/step_time"] = elapsed / len(window)
                 row["data/skipped"] = stats.skipped
@@ -261,8 +279,20 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
                     last_row = {**row, "status": "diverged", "step": step}
                     diverged = True
                     break
+                # Asked to stop (SIGTERM to the driver, animegan/preemption.py)? One small all-reduce at this
+                # step, where every worker syncs with the host anyway, gives all of them the same answer. It
+                # waits for the other workers, so the watchdog watches it; at the last step there is no need.
+                with watchdog.step(step):
+                    preempted = agree_to_stop(stop_watcher.requested) and not is_last
                 sink.log(step, row)
                 last_row = {**row, "status": "running", "step": step}
+            if preempted:
+                # The step is done on every worker: checkpoint it and go, with no evaluation or samples
+                # in the ~30 s a spot VM has left.
+                say(f"Stopping after step {step} as asked (SIGTERM): checkpointing it")
+                last_row = {**last_row, "status": PREEMPTED}
+                save_checkpoint(step, {**last_row, **(evaluation.latest if evaluation else {})})
+                break
 
             if step % config.sample_every == 0 or is_last:
                 write_samples(step)
@@ -276,28 +306,46 @@ def _train(loop_config: dict[str, Any], watchdog) -> None:
             reported = {**last_row, **(evaluation.latest if evaluation else {})}
             if checkpoint_due:
                 save_checkpoint(step, {**reported, "status": "finished" if is_last else "running"})
-            elif eval_due:
-                # Every worker reports at evaluation steps too: a barrier, the same count on every worker.
+            elif eval_due or report_due:
+                # Every worker reports at these steps too: a barrier, the same count on every worker.
                 ray.train.report(reported)
 
         if diverged:
-            ray.train.report(last_row)
+            # The generator is past saving: its evaluation, too, is NaN now, so no sweep picks it as the best.
+            scores = [name for name in (evaluation.latest if evaluation else {}) if name != "eval/step"]
+            ray.train.report({**last_row, **{name: math.nan for name in scores}})
         elif start_step >= config.steps:
             say(f"Nothing to train: the checkpoint is at step {start_step} and --steps is {config.steps}")
             ray.train.report({**last_row, "status": "finished"})
+        status = "diverged" if diverged else PREEMPTED if preempted else "finished"
         if is_chief:
-            if not diverged:
+            if status == "finished":
                 ema_ready(max(start_step, config.steps))
                 export_generator(state, config, layout, step=max(start_step, config.steps))
             # Ray's Result carries the metrics of the latest checkpoint, not of the last report,
             # so the outcome travels to the driver (and to the user) through the workdir.
-            write_status(layout, "diverged" if diverged else "finished", last_row["step"] if diverged
-                         else max(start_step, config.steps), last_row)
+            write_status(layout, status, max(start_step, config.steps) if status == "finished" else last_row["step"],
+                         last_row)
         if stats.skipped:
             print(f"worker {rank}: skipped {stats.skipped} unreadable image(s), e.g. {'; '.join(stats.examples)}")
-        sink.log_summary({"status": "diverged" if diverged else "finished", "step": last_row["step"]})
+        sink.log_summary({"status": status, "step": last_row["step"]})
     finally:
         sink.close()
+
+
+def make_stop_agreement(strategy):
+    """A function every worker calls at the same steps: True on all of them when any one was asked to stop.
+
+    One small all-reduce of the workers' flags, so that all stop at the same step (they run the same
+    collective operations, and a worker that stopped alone would leave the others waiting in the next).
+    """
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def requests(flag: tf.Tensor) -> tf.Tensor:
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda value: value, args=(flag,)), axis=None)
+
+    return lambda requested: float(requests(tf.constant(1.0 if requested else 0.0)).numpy()) > 0
 
 
 def write_status(layout: RunLayout, status: str, step: int, metrics: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
     animegan tune --workdir sweeps/faces --data gs://BUCKET/faces --trials 16 --max-steps 2000 \
         --holdout-fraction 0.05 --eval-samples 500
+    animegan tune ... --scheduler pbt          # population-based training (sweep_schedulers.py)
+    animegan tune ... --search optuna          # a Bayesian searcher (pip install 'animegan[tune]')
 
 A sweep's workdir:
 
@@ -9,15 +11,19 @@ A sweep's workdir:
     data-index.json     the data, listed once for every trial (the demo set, too, is drawn once)
     tune/               Ray Tune's experiment, which a rerun of the same command restores
     trials/trial-0000/  one training workdir per trial: config.json, metrics.jsonl, checkpoints, ...
-    trials.csv, trials.json, best-config.json, best-generator.keras, best-generator/  (sweep_report.py)
+    trials.csv, trials.json, best-config.json, best-generator.keras, best-generator/, winners.png
+                        (sweep_report.py)
 
-Each trial is a Tune function trainable that builds the run's TensorflowTrainer
-(launcher.build_trainer) and calls fit(); `TuneReportCallback` in the trainer's
-run config passes every `ray.train.report` of the workers on to Tune, so ASHA
-sees the same numbers as metrics.jsonl and W&B. The trial's own process holds no
-CPU: its workers get all the trial's resources, and trials are admitted only as
-many at a time as the cluster can host, so no trial waits for workers that
-other trials' drivers sit on.
+The budget is images, not steps: every trial trains on the same number of
+images (--max-images, or --max-steps steps of the base config's batch size),
+so a trial that samples a larger batch runs fewer steps, and the schedulers'
+clock is `images_seen`, which every result carries. Trials report to Tune every
+--report-every-images images (sweep_trial.py), with an evaluation when the
+objective is one.
+
+The trial's own process holds no CPU: its workers get all the trial's
+resources, and trials are admitted only as many at a time as the cluster can
+host, so no trial waits for workers that other trials' drivers sit on.
 """
 
 from __future__ import annotations
@@ -38,20 +44,23 @@ from animegan.data.sources import list_images, open_source
 from animegan.launcher import DEFAULT_STEPS
 from animegan.metrics.features import locate_weights
 from animegan.search_space import SearchSpace, build_space
+from animegan.sweep_schedulers import SCHEDULERS, SEARCHERS, check_searcher, perturbed_dimensions
 from animegan.tracking import run_name
-from animegan.workdir import RunLayout
 
 SWEEP_FILE = "sweep.json"
 TUNE_FOLDER = "tune"
 TRIALS_FOLDER = "trials"
-# Unless --checkpoint-every is given, a trial checkpoints (and so reports to Tune) this many times:
-# ASHA can only compare trials at reports.
-REPORTS_PER_TRIAL = 4
+# Unless --report-every-images is given, a trial reports (and evaluates, for an eval/ objective) this many
+# times; under PBT every report is also a checkpoint.
+REPORTS_PER_TRIAL = 10
+# Unless --checkpoint-every is given, a trial under ASHA or FIFO checkpoints this many times (to resume).
+CHECKPOINTS_PER_TRIAL = 4
+# Unless --perturb-every-images is given, PBT considers a trial at every this many of its reports (each
+# carries a checkpoint that Tune keeps until the sweep ends: perturbing less often keeps more of them unused).
+REPORTS_PER_PERTURBATION = 1
 # What trials report that a sweep can optimise: gan.STEP_METRICS and the evaluation's scores
 # (named here so that the driver never imports TensorFlow).
 OBJECTIVES = ("eval/fid", "eval/kid", "loss/d", "loss/g", "d/real", "d/fake")
-SCHEDULERS = ("asha", "fifo")
-ASHA_REDUCTION_FACTOR = 3
 # Tune cannot give a trial no resources at all; a byte of memory is nothing, and it keeps
 # the trial's driver off the CPUs and GPUs its workers need (Ray Train's controller takes none either).
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 1}
@@ -62,22 +71,34 @@ class SweepSettings:
     """What the user asked of the sweep, apart from the base training config."""
 
     trials: int
-    max_steps: int | None = None
+    max_steps: int | None = None  # in steps of the base config's batch size
+    max_images: int | None = None
     concurrent: int | None = None
     metric: str = "eval/fid"
     mode: str = "min"
     scheduler: str = "asha"
+    search: str = "random"
     grace_steps: int | None = None
+    grace_images: int | None = None
+    report_every_images: int | None = None
+    perturb_every_images: int | None = None
     separate_lr: bool = False
     search_space: str | None = None  # a YAML/JSON file (search_space.py)
 
     def validate(self) -> "SweepSettings":
         if self.trials < 1:
             raise ValueError(f"--trials must be at least 1, got {self.trials}")
-        for flag, value in (("--max-steps", self.max_steps), ("--concurrent", self.concurrent),
-                            ("--grace-steps", self.grace_steps)):
+        for flag, value in (("--max-steps", self.max_steps), ("--max-images", self.max_images),
+                            ("--concurrent", self.concurrent), ("--grace-steps", self.grace_steps),
+                            ("--grace-images", self.grace_images),
+                            ("--report-every-images", self.report_every_images),
+                            ("--perturb-every-images", self.perturb_every_images)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be a positive integer, got {value}")
+        if self.max_steps is not None and self.max_images is not None:
+            raise ValueError("give --max-steps or --max-images, not both")
+        if self.grace_steps is not None and self.grace_images is not None:
+            raise ValueError("give --grace-steps or --grace-images, not both")
         if self.metric not in OBJECTIVES:
             raise ValueError(f"--metric {self.metric!r} is not something trials report; use one of "
                              f"{', '.join(OBJECTIVES)}")
@@ -85,6 +106,12 @@ class SweepSettings:
             raise ValueError(f"--mode must be min or max, got {self.mode!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.search not in SEARCHERS:
+            raise ValueError(f"--search must be one of {', '.join(SEARCHERS)}, got {self.search!r}")
+        if self.scheduler != "asha" and (self.grace_steps or self.grace_images):
+            raise ValueError(f"--grace-steps and --grace-images are ASHA's; --scheduler {self.scheduler} has none")
+        if self.scheduler != "pbt" and self.perturb_every_images:
+            raise ValueError(f"--perturb-every-images is PBT's; --scheduler {self.scheduler} does not perturb")
         return self
 
 
@@ -100,13 +127,19 @@ class SweepPlan:
     metric: str
     mode: str
     scheduler: str
-    grace_steps: int
+    search: str
+    budget_images: int  # every trial's length, in images seen
+    report_every_images: int
+    grace_images: int  # ASHA stops no trial before it has seen this many images
+    perturb_every_images: int  # PBT's perturbation interval
+    derived: list[str]  # cadences (config fields, in steps) each trial derives from its own batch size
     data_index: str  # the sweep's one listing of the data
     user_data: str | None  # --data as given (None: the demo set), for the best config
     user_group: str | None  # --wandb-group as given, for the best config
 
     @property
     def max_steps(self) -> int:
+        """The steps of a trial at the base config's batch size (trials of other batch sizes differ)."""
         return int(self.base["steps"])
 
     @property
@@ -120,8 +153,31 @@ class SweepPlan:
     def trial_workdir(self, trial: str) -> str:
         return storage.join(self.workdir, TRIALS_FOLDER, trial)
 
+    def report_steps(self, batch_size: int) -> int:
+        """Steps between a trial's reports: --report-every-images, rounded up to whole batches."""
+        return max(1, math.ceil(self.report_every_images / batch_size))
+
     def trial_config(self, sampled: Mapping[str, Any], trial: str) -> TrainConfig:
-        return TrainConfig.from_dict({**self.base, **sampled, "workdir": self.trial_workdir(trial)}).validate()
+        """The trial's config: the base, its sampled values, and the length and cadences of its batch size."""
+        config = TrainConfig.from_dict({**self.base, **sampled, "workdir": self.trial_workdir(trial)})
+        return config.replace(**trial_length(config.batch_size, budget_images=self.budget_images,
+                                             report_every_images=self.report_every_images,
+                                             derived=self.derived, scheduler=self.scheduler)).validate()
+
+
+def trial_length(batch_size: int, *, budget_images: int, report_every_images: int, derived: list[str],
+                 scheduler: str) -> dict[str, int]:
+    """A trial's steps, and the cadences the sweep derives (`derived`), for its batch size."""
+    steps = max(1, math.ceil(budget_images / batch_size))
+    report_steps = max(1, math.ceil(report_every_images / batch_size))
+    values = {"steps": steps}
+    if "eval_every" in derived:
+        values["eval_every"] = report_steps
+    if "checkpoint_every" in derived:
+        # PBT copies checkpoints between trials at reports: every report is one.
+        values["checkpoint_every"] = (report_steps if scheduler == "pbt"
+                                      else max(1, math.ceil(steps / CHECKPOINTS_PER_TRIAL)))
+    return values
 
 
 def default_sweep_workdir() -> str:
@@ -148,24 +204,33 @@ def plan_sweep(base: TrainConfig, settings: SweepSettings, fixed: set[str], *, w
     """
     settings.validate()
     if base.epochs is not None:
-        raise ValueError("a sweep's trials all run --max-steps steps (ASHA compares them step by step); "
-                         "give --max-steps instead of epochs")
+        raise ValueError("a sweep's trials all see the same number of images (the schedulers compare them "
+                         "image by image); give --max-steps or --max-images instead of epochs")
+    if settings.scheduler == "pbt" and "checkpoint_every" in fixed:
+        raise ValueError("--scheduler pbt checkpoints at every report (PBT copies checkpoints between trials "
+                         "there); drop --checkpoint-every and set --report-every-images")
     user_data, user_group = base.data, base.wandb_group  # as given: the best config keeps these
     workdir = storage.absolute(base.workdir or default_sweep_workdir())
     name = base.wandb_group or run_name(workdir)
-    steps = settings.max_steps or base.steps or DEFAULT_STEPS
-    changes: dict[str, Any] = {"steps": steps, "workdir": "", "wandb_group": name}
+    # --max-steps counts steps of the base batch size: with the batch size searched, every trial
+    # trains on as many images as the base batch size would in that many steps.
+    budget = settings.max_images or (settings.max_steps or base.steps or DEFAULT_STEPS) * base.batch_size
+    report_images = settings.report_every_images or max(1, math.ceil(budget / REPORTS_PER_TRIAL))
+    if report_images > budget:
+        raise ValueError(f"--report-every-images {report_images} is more than the {budget} images a trial sees")
+    changes: dict[str, Any] = {"workdir": "", "wandb_group": name}
+    derived = []
     if base.cpus_per_worker == 0:
         changes["cpus_per_worker"] = 1.0  # trials share the machine by Ray's accounting, one CPU per worker
     if "checkpoint_every" not in fixed:
-        changes["checkpoint_every"] = max(1, math.ceil(steps / REPORTS_PER_TRIAL))
+        derived.append("checkpoint_every")
     if settings.metric.startswith("eval/") and base.eval_every == 0:
         if "eval_every" in fixed:
             raise ValueError(f"--metric {settings.metric} needs evaluation during training; "
                              f"--eval-every 0 turns it off")
-        changes["eval_every"] = changes.get("checkpoint_every", base.checkpoint_every)
-        log(f"Evaluating every {changes['eval_every']} steps (--metric {settings.metric}; set --eval-every "
-            f"to change it)")
+        derived.append("eval_every")
+        log(f"Evaluating at every report, every {report_images} images (--metric {settings.metric}; set "
+            f"--report-every-images or --eval-every to change it)")
     base = base.replace(**changes)
 
     if base.data is None:
@@ -184,17 +249,30 @@ def plan_sweep(base: TrainConfig, settings: SweepSettings, fixed: set[str], *, w
     log(f"Data: {len(index.items)} images at {data}, listed once for every trial")
     base = base.replace(data=data).validate()
 
-    space = build_space(base, fixed, separate_lr=settings.separate_lr, file=settings.search_space)
+    # PBT perturbs the two networks' rates apart: the balance of G and D is what it tunes best.
+    separate_lr = settings.separate_lr or settings.scheduler == "pbt"
+    space = build_space(base, fixed, separate_lr=separate_lr, file=settings.search_space)
     base = base.replace(**space.constants)
-    grace = settings.grace_steps or max(1, steps // REPORTS_PER_TRIAL)
-    if grace > steps:
-        raise ValueError(f"--grace-steps {grace} is more than the {steps} steps a trial runs")
-    if base.eval_every:
+    check_searcher(settings.search, settings.scheduler, space.dimensions)
+    if settings.scheduler == "pbt":
+        perturbed_dimensions(space.dimensions)
+    grace = settings.grace_images or (settings.grace_steps * base.batch_size if settings.grace_steps
+                                      else max(1, budget // 4))
+    if grace > budget:
+        given = (f"--grace-images {grace}" if settings.grace_images
+                 else f"--grace-steps {settings.grace_steps} ({grace} images)")
+        raise ValueError(f"{given} is more than the {budget} images a trial sees")
+    perturb = settings.perturb_every_images or report_images * REPORTS_PER_PERTURBATION
+    if base.eval_every or "eval_every" in derived:
         locate_weights(base.inception_weights)  # findable before Ray starts, as `animegan train` checks
+    # The base config shows what a trial of the base batch size runs; trials of other sizes derive their own.
+    base = base.replace(**trial_length(base.batch_size, budget_images=budget, report_every_images=report_images,
+                                       derived=derived, scheduler=settings.scheduler))
     plan = SweepPlan(workdir=workdir, name=name, base=base.to_dict(), space=space.to_dict(),
                      samples=settings.trials, metric=settings.metric, mode=settings.mode,
-                     scheduler=settings.scheduler, grace_steps=grace, data_index=index_url,
-                     user_data=user_data, user_group=user_group)
+                     scheduler=settings.scheduler, search=settings.search, budget_images=budget,
+                     report_every_images=report_images, grace_images=grace, perturb_every_images=perturb,
+                     derived=derived, data_index=index_url, user_data=user_data, user_group=user_group)
     if write:
         record_sweep(plan)
     return plan
@@ -225,66 +303,6 @@ def _differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return "; ".join(changed)
 
 
-# ------------------------------------------------------------------ the trial (runs in its Tune actor)
-
-def run_trial(sampled: dict[str, Any], plan: SweepPlan) -> None:
-    """One trial: an ordinary (resumable) training run in <sweep>/trials/<trial>, reporting to Tune."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from animegan.launcher import build_trainer, resolve
-
-    trial = trial_name(ray.tune.get_context().get_trial_id())
-    config = plan.trial_config(sampled, trial)
-    layout = RunLayout(config.workdir)
-    values = ", ".join(f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
-                       for name, value in sampled.items())
-    print(f"{trial}: {values or 'the base config'} -> {layout.workdir}")
-    check_same_trial(config, layout, sampled)
-    if report_finished_run(config, layout):
-        return
-    if not storage.exists(layout.data_index):
-        # The sweep's listing, split by this trial's seed and holdout fraction: resolve() finds it and lists nothing.
-        listing = DataIndex.load(plan.data_index, source=plan.base["data"])
-        DataIndex.split(listing.source, listing.items, config.holdout_fraction, config.seed).save(layout.data_index)
-    config, _, resume_from = resolve(config, log=print)
-    storage.remove(layout.status)  # a status left by an earlier attempt is not this one's
-    build_trainer(config, layout, {"callbacks": [TuneReportCallback()]}, resume_from=resume_from).fit()
-
-
-def check_same_trial(config: TrainConfig, layout: RunLayout, sampled: Mapping[str, Any]) -> None:
-    """A trial workdir written with other sampled values is not this trial's to continue."""
-    if not storage.exists(layout.config):
-        return
-    stored = json.loads(storage.read_text(layout.config))
-    different = [f"{name} {stored.get(name)!r} there, {getattr(config, name)!r} here"
-                 for name in sampled if stored.get(name) != getattr(config, name)]
-    if different:
-        raise ValueError(f"{layout.workdir} holds a run with other hyperparameters ({'; '.join(different)}); "
-                         f"move it away to run this trial")
-
-
-def report_finished_run(config: TrainConfig, layout: RunLayout) -> bool:
-    """Reports the outcome of a run that already ended, instead of training again; False if it has not.
-
-    Tune records finished trials every few seconds; a sweep killed in between restores such a
-    trial as unfinished. Its workdir knows better: the run is done and stays untouched.
-    """
-    import ray.tune
-
-    from animegan.metrics.during_training import latest_evaluation
-
-    if not storage.exists(layout.status):
-        return False
-    ended = json.loads(storage.read_text(layout.status))
-    if ended["status"] == "finished" and ended["step"] < config.steps:
-        return False
-    print(f"{layout.workdir} already {ended['status']} at step {ended['step']}: reporting it, not training again")
-    ray.tune.report({**ended["metrics"], **latest_evaluation(layout.metrics, ended["step"]),
-                     "step": ended["step"], "status": ended["status"]})
-    return True
-
-
 # ------------------------------------------------------------------ the driver
 
 def trials_at_once(resources: Mapping[str, float], config: TrainConfig, *, requested: int | None, trials: int,
@@ -311,8 +329,9 @@ def trials_at_once(resources: Mapping[str, float], config: TrainConfig, *, reque
 def make_tuner(plan: SweepPlan, at_once: int, log: Callable[[str], None] = print):
     """Ray Tune's Tuner for the sweep: the stored experiment when there is one, else a new one."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from animegan.sweep_schedulers import make_scheduler, make_searcher
+    from animegan.sweep_trial import run_trial
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
     filesystem, root = storage.pyarrow_filesystem(plan.workdir)
@@ -321,22 +340,17 @@ def make_tuner(plan: SweepPlan, at_once: int, log: Callable[[str], None] = print
         log(f"Resuming the sweep in {plan.workdir}: finished and failed trials are kept as they are, "
             f"unfinished ones continue from their latest checkpoints")
         return tune.Tuner.restore(experiment, trainable=trainable, storage_filesystem=filesystem)
-    if plan.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="step", max_t=plan.max_steps, grace_period=plan.grace_steps,
-                                  reduction_factor=ASHA_REDUCTION_FACTOR)
-    else:
-        scheduler = FIFOScheduler()
-    config = TrainConfig.from_dict(plan.base)
     return tune.Tuner(
         trainable,
         param_space=plan.search_space.to_tune(),
         tune_config=tune.TuneConfig(
-            metric=plan.metric, mode=plan.mode, num_samples=plan.samples, scheduler=scheduler,
-            # Seeded, so a sweep started again from nothing samples the same trials; the limit
-            # lives here because Tune ignores max_concurrent_trials beside its own generator.
-            search_alg=BasicVariantGenerator(max_concurrent=at_once, random_state=config.seed),
+            metric=plan.metric, mode=plan.mode, num_samples=plan.samples, scheduler=make_scheduler(plan),
+            search_alg=make_searcher(plan, at_once, seed=TrainConfig.from_dict(plan.base).seed),
             trial_name_creator=_trial_folder, trial_dirname_creator=_trial_folder,
         ),
+        # Only PBT's trials hand Tune their checkpoints (sweep_trial.py), and Tune keeps them all: Tune 2.60
+        # registers a checkpoint PBT takes twice (the report's, PBT's save) and, told to keep only the last
+        # few, deletes folders PBT still hands on. sweep_report removes them when the sweep ends.
         run_config=tune.RunConfig(name=TUNE_FOLDER, storage_path=root, storage_filesystem=filesystem, verbose=1),
     )
 
@@ -370,10 +384,11 @@ def execute_sweep(plan: SweepPlan, *, concurrent: int | None = None, address: st
         config = TrainConfig.from_dict(plan.base)
         at_once = trials_at_once(ray.cluster_resources(), config, requested=concurrent, trials=plan.trial_count,
                                  autoscaling=bool(os.environ.get("ANIMEGAN_ALLOW_AUTOSCALE")), log=log)
-        log(f"Sweep {plan.name}: {plan.trial_count} trials of {plan.max_steps} steps, {at_once} at a time, each "
-            f"{config.workers} worker(s) x {config.cpus_per_worker:g} CPUs"
-            f"{f' + {config.gpus_per_worker:g} GPUs' if config.gpus_per_worker else ''}; objective {plan.metric} "
-            f"({plan.mode}), scheduler {plan.scheduler}\n  searching: {plan.search_space.describe()}\n"
+        log(f"Sweep {plan.name}: {plan.trial_count} trials of {plan.budget_images} images ({plan.max_steps} steps "
+            f"of {config.batch_size}), {at_once} at a time, each {config.workers} worker(s) x "
+            f"{config.cpus_per_worker:g} CPUs{f' + {config.gpus_per_worker:g} GPUs' if config.gpus_per_worker else ''};"
+            f" objective {plan.metric} ({plan.mode}), reported every {plan.report_every_images} images; scheduler "
+            f"{plan.scheduler}, search {plan.search}\n  searching: {plan.search_space.describe()}\n"
             f"  workdir: {plan.workdir}")
         results = make_tuner(plan, at_once, log).fit()
     finally:

@@ -80,6 +80,21 @@ def test_ray_train_report_takes_the_arguments_training_passes():
     assert {"metrics", "checkpoint", "checkpoint_dir_name", "checkpoint_upload_fn"} <= set(parameters)
 
 
+def test_the_ray_tune_internals_of_sweeps_are_where_they_expect():
+    from ray.train.v2.api.callback import UserCallback
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    from animegan.sweep_schedulers import _population_based_training
+
+    # sweep_trial.TrialReports: what Ray Train's controller hands a callback after each report.
+    assert list(inspect.signature(UserCallback.after_report).parameters) == [
+        "self", "run_context", "metrics", "checkpoint"]
+    # sweep_schedulers' PBT reads the clock's name from Ray's and turns its PAUSE into CONTINUE.
+    pbt = _population_based_training()(horizon=64, time_attr="images_seen", hyperparam_mutations={"lr": [1, 2]})
+    assert isinstance(pbt, PopulationBasedTraining) and pbt._time_attr == "images_seen"
+    assert {TrialScheduler.PAUSE, TrialScheduler.CONTINUE} <= set(vars(TrialScheduler).values())
+
+
 def test_rays_checkpoint_record_is_named_and_laid_out_as_resume_reads_it():
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
     from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (_CheckpointManagerState,

@@ -419,7 +419,8 @@ def test_tune_smoke_test_job_runs_three_short_trials(local_head, tmp_path):
         assert (config["noise_dim"], config["generator_width"], config["batch_size"], config["steps"]) == (
             16, 8, 8, 10)
         rows = [json.loads(line) for line in (Path(trial["workdir"]) / "metrics.jsonl").read_text().splitlines()]
-        assert rows and rows[-1]["step"] == trial["steps"] <= 10
+        # "steps" is the step of the trial's last report to Tune; a trial ASHA stopped may have trained on a step.
+        assert rows and trial["steps"] <= rows[-1]["step"] <= 10
         assert all(math.isfinite(row["loss/g"]) for row in rows)
     assert json.loads((tmp_path / "best-config.json").read_text())["lr"] == next(
         trial["hyperparameters"]["lr"] for trial in table["trials"] if trial["trial"] == table["best_trial"])

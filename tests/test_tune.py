@@ -22,7 +22,7 @@ from animegan import gan
 from animegan.cli import main as cli_main
 from animegan.config import TrainConfig
 from animegan.search_space import build_space, default_dimensions
-from animegan.sweep_report import choose_best, TrialRow
+from animegan.sweep_report import status_of
 from animegan.tuning import OBJECTIVES, SweepSettings, execute_sweep, plan_sweep, trial_name, trials_at_once
 from tests.support.bucket_data import image_bytes, upload
 from tests.support.images import write_folder
@@ -140,15 +140,145 @@ def test_every_objective_is_something_trials_report():
     assert set(gan.STEP_METRICS) < set(OBJECTIVES) and {"eval/fid", "eval/kid"} < set(OBJECTIVES)
 
 
-def test_the_best_trial_is_the_best_final_value_of_a_finished_trial():
-    def row(trial, status, final):
-        return TrialRow(trial, status, {}, 10, final, final, 10, "", "")
+def test_a_trials_status_is_what_its_last_report_says():
+    assert status_of({"status": "finished", "step": 8}, None) == "finished"
+    assert status_of({"status": "diverged"}, None) == "diverged"
+    assert status_of({"status": "running"}, None) == "stopped early"  # the scheduler stopped a running trial
+    assert status_of({}, ValueError("36 images cannot fill one batch")) == "failed"
 
-    rows = [row("a", "stopped early", 1.0), row("b", "finished", 5.0), row("c", "finished", 3.0),
-            row("d", "finished", math.nan), row("e", "failed", None), row("f", "diverged", 0.5)]
-    assert choose_best(rows, "min").trial == "c" and choose_best(rows, "max").trial == "b"
-    assert choose_best(rows[:1] + rows[4:], "min").trial == "a"  # none finished: the best stopped early
-    assert choose_best(rows[4:], "min") is None
+
+# ------------------------------------------------------------------ images as the budget, PBT, Optuna, without Ray
+
+def quiet_plan(tmp_path, faces, settings: SweepSettings, fixed=(), **config) -> "SweepPlan":
+    base = TrainConfig(workdir=str(tmp_path / "sweep"), data=faces, **{**TINY, **config})
+    return plan_sweep(base, settings, {"workdir", "data", *TINY, *config, *fixed}, write=False, log=lambda *_: None)
+
+
+def test_every_trial_sees_the_same_images_whatever_batch_size_it_samples(tmp_path, faces):
+    space = space_file(tmp_path, "batch_size: {choice: [8, 32]}\n")
+    plan = quiet_plan(tmp_path, faces, SweepSettings(trials=2, max_images=640, report_every_images=96,
+                                                     metric="loss/g", search_space=space))
+    assert (plan.budget_images, plan.report_every_images, plan.grace_images) == (640, 96, 160)
+    small, large = plan.trial_config({"batch_size": 8}, "trial-0000"), plan.trial_config({"batch_size": 32}, "t")
+    # 640 images: 80 steps of 8 or 20 of 32; a report every 96 images (rounded up to whole batches).
+    assert (small.steps, plan.report_steps(8), small.checkpoint_every) == (80, 12, 20)
+    assert (large.steps, plan.report_steps(32), large.checkpoint_every) == (20, 3, 5)
+    # --max-steps counts steps of the base batch size (the config's 64 by default).
+    steps_plan = quiet_plan(tmp_path, faces, SweepSettings(trials=2, max_steps=10, metric="loss/g", search_space=space))
+    assert (steps_plan.budget_images, steps_plan.report_every_images) == (640, 64)
+    assert steps_plan.trial_config({"batch_size": 8}, "t").steps == 80
+
+
+def test_the_schedulers_keep_time_in_images_seen(tmp_path, faces):
+    from animegan.sweep_schedulers import make_scheduler
+
+    asha = make_scheduler(quiet_plan(tmp_path, faces, SweepSettings(trials=2, max_images=640, grace_images=64,
+                                                                    metric="loss/g")))
+    assert (asha._time_attr, asha._max_t) == ("images_seen", 640)
+    plan = quiet_plan(tmp_path, faces, SweepSettings(trials=4, max_images=640, report_every_images=64,
+                                                     scheduler="pbt", metric="loss/g"))
+    pbt = make_scheduler(plan)
+    assert (pbt._time_attr, pbt._perturbation_interval) == ("images_seen", 64)  # at every report
+
+
+def test_pbt_perturbs_the_two_learning_rates_and_carries_shapes_and_batch_size_with_the_checkpoints(
+        tmp_path, faces):
+    from animegan.sweep_schedulers import clip_to_space, perturbed_dimensions
+
+    settings = SweepSettings(trials=4, max_images=640, report_every_images=64, scheduler="pbt", metric="loss/g")
+    default_space = plan_sweep(TrainConfig(workdir=str(tmp_path / "sweep"), data=faces), settings,
+                               {"workdir", "data"}, write=False, log=lambda *_: None).search_space.dimensions
+    # PBT searches the two networks' rates apart and perturbs only them: the batch size and the noise
+    # dimension are sampled once per trial and change only with the checkpoint of a trial trained with them.
+    assert list(default_space) == ["generator_lr", "discriminator_lr", "batch_size", "noise_dim"]
+    assert list(perturbed_dimensions(default_space)) == ["generator_lr", "discriminator_lr"]
+    plan = quiet_plan(tmp_path, faces, settings, batch_size=8)
+    # Every report is a checkpoint: PBT copies them between trials there.
+    config = plan.trial_config({"generator_lr": 1e-4, "discriminator_lr": 2e-4}, "trial-0000")
+    assert (config.steps, config.checkpoint_every, plan.report_steps(8)) == (80, 8, 8)
+    # A perturbation (x1.2, x0.8) never leaves the space: beta1 = 0.85 x 1.2 stays a valid Adam beta.
+    beta = space_file(tmp_path, "beta1: {uniform: [0.3, 0.9]}\nr1_every: {randint: [4, 17]}\n", "beta.yaml")
+    dimensions = quiet_plan(tmp_path, faces, SweepSettings(trials=4, scheduler="pbt", metric="loss/g",
+                                                           search_space=beta)).search_space.dimensions
+    assert clip_to_space({"beta1": 0.85 * 1.2, "r1_every": 20, "generator_lr": 5.0}, dimensions) == {
+        "beta1": 0.9, "r1_every": 16, "generator_lr": 1e-3}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scheduler", "pbt", "--search", "optuna"], "--search optuna cannot be used with --scheduler pbt: PBT "
+                                                   "chooses its trials' values itself"),
+    (["--scheduler", "pbt", "--generator-lr", "1e-4", "--discriminator-lr", "1e-4", "--batch-size", "8",
+      "--noise-dim", "16"], "--scheduler pbt has nothing to perturb: the search space holds nothing"),
+    (["--scheduler", "pbt", "--checkpoint-every", "5"], "--scheduler pbt checkpoints at every report"),
+    (["--scheduler", "pbt", "--grace-images", "64"], "--grace-steps and --grace-images are ASHA's; --scheduler pbt "
+                                                     "has none"),
+    (["--perturb-every-images", "64"], "--perturb-every-images is PBT's; --scheduler asha does not perturb"),
+    (["--max-steps", "10", "--max-images", "640"], "give --max-steps or --max-images, not both"),
+    (["--max-images", "64", "--report-every-images", "128"], "--report-every-images 128 is more than the 64 "
+                                                             "images a trial sees"),
+    (["--search", "optuna", "--search-space", "GRID"], "--search optuna cannot search a grid (noise_dim): Optuna "
+                                                        "samples every trial's values itself; use choice instead"),
+])
+def test_bad_scheduler_and_searcher_settings_end_the_command_with_one_line(capsys, tmp_path, argv, message):
+    grid = space_file(tmp_path, "noise_dim: {grid: [16, 32]}\n")
+    argv = [grid if value == "GRID" else value for value in argv]
+    error = one_line_error(capsys, ["tune", "--dry-run", "--workdir", str(tmp_path), "--trials", "2",
+                                    "--metric", "loss/g", *argv])
+    assert message in error
+
+
+def test_optuna_is_optional_and_its_absence_names_the_extra_to_install(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what `import optuna` meets when it is not installed
+    error = one_line_error(capsys, ["tune", "--dry-run", "--workdir", str(tmp_path), "--trials", "2",
+                                    "--metric", "loss/g", "--search", "optuna"])
+    assert "--search optuna needs Optuna, which is not installed: pip install 'animegan[tune]'" in error
+    # Random search, the default, needs nothing more.
+    assert cli_main(["tune", "--dry-run", "--workdir", str(tmp_path), "--trials", "2", "--metric", "loss/g"]) == 0
+
+
+def searched_rates(plan, seed: int, count: int) -> list[float]:
+    """The learning rates the sweep's searcher proposes, each trial 'finishing' at once with the objective
+    |log10(lr) + 3| (best at 1e-3), as Tune would tell it."""
+    from ray.tune.experiment import Experiment
+
+    from animegan.sweep_schedulers import make_searcher
+
+    searcher = make_searcher(plan, at_once=1, seed=seed)
+    if plan.search == "random":
+        searcher.add_configurations([Experiment("sweep", run=lambda config: None,
+                                                config=plan.search_space.to_tune(), num_samples=count)])
+    else:
+        searcher.set_search_properties(plan.metric, plan.mode, plan.search_space.to_tune())
+    rates = []
+    for number in range(count):
+        if plan.search == "random":
+            trial = searcher.next_trial()
+            trial_id, rate = trial.trial_id, trial.config["lr"]
+        else:
+            trial_id = f"trial-{number}"
+            rate = searcher.suggest(trial_id)["lr"]
+        searcher.on_trial_complete(trial_id, {plan.metric: abs(math.log10(rate) + 3)})
+        rates.append(rate)
+    return rates
+
+
+def test_optuna_proposes_other_values_than_random_search_for_the_same_seed_and_learns_from_results(
+        tmp_path, faces):
+    space = space_file(tmp_path, "lr: {loguniform: [1.0e-6, 1.0]}\n")
+
+    def plan(search):
+        return quiet_plan(tmp_path, faces, SweepSettings(trials=24, metric="loss/g", search=search,
+                                                         search_space=space), batch_size=8)
+
+    optuna_rates, random_rates = searched_rates(plan("optuna"), 0, 24), searched_rates(plan("random"), 0, 24)
+    assert searched_rates(plan("optuna"), 0, 24) == optuna_rates  # seeded: a sweep started again proposes the same
+    assert searched_rates(plan("random"), 0, 24) == random_rates
+    assert not set(optuna_rates) & set(random_rates)
+    # After its random start (6 trials for a sweep of 24), TPE proposes rates nearer the best one than random does.
+    def median_distance(rates):
+        return sorted(abs(math.log10(rate) + 3) for rate in rates[12:])[6]
+
+    assert median_distance(optuna_rates) < median_distance(random_rates), (optuna_rates, random_rates)
 
 
 # ------------------------------------------------------------------ the command, without Ray
@@ -165,8 +295,11 @@ def test_flags_set_the_base_config_and_fix_what_they_set(capsys, tmp_path, faces
     base = plan["base"]
     assert (base["steps"], base["workers"], base["cpus_per_worker"], base["noise_dim"]) == (40, 2, 0.5, 16)
     assert (base["data"], base["wandb_group"], plan["name"]) == (faces, "sweep", "sweep")
-    # Four reports per trial for ASHA unless --checkpoint-every says otherwise; eval/fid turns evaluation on.
-    assert (base["checkpoint_every"], base["eval_every"], plan["grace_steps"]) == (10, 10, 10)
+    # 40 steps of 64 images; four checkpoints per trial unless --checkpoint-every says otherwise; ten reports,
+    # each with an evaluation (eval/fid turns it on); ASHA's grace period a quarter of the images.
+    assert (plan["budget_images"], plan["report_every_images"], plan["grace_images"]) == (2560, 256, 640)
+    assert (base["checkpoint_every"], base["eval_every"], plan["derived"]) == (10, 4, ["checkpoint_every",
+                                                                                    "eval_every"])
     assert list(plan["space"]["dimensions"]) == ["lr", "batch_size"]
     assert (plan["metric"], plan["mode"], plan["scheduler"], plan["trial_count"]) == ("eval/fid", "min", "asha", 4)
     assert not (tmp_path / "sweep").exists()  # a dry run writes nothing
@@ -185,7 +318,8 @@ def test_flags_set_the_base_config_and_fix_what_they_set(capsys, tmp_path, faces
     (["--trials", "2", "--metric", "loss/x"], "--metric 'loss/x' is not something trials report; use one of "
                                              "eval/fid"),
     (["--trials", "2", "--max-steps", "0"], "--max-steps must be a positive integer, got 0"),
-    (["--trials", "2", "--max-steps", "8", "--grace-steps", "9"], "--grace-steps 9 is more than the 8 steps"),
+    (["--trials", "2", "--max-steps", "8", "--grace-steps", "9"], "--grace-steps 9 (576 images) is more than the "
+                                                                  "512 images a trial sees"),
     (["--trials", "2", "--eval-every", "0"], "--metric eval/fid needs evaluation during training; --eval-every 0 "
                                              "turns it off"),
     (["--trials", "2", "--workers-per-trial", "2", "--batch-size", "7"], "--batch-size 7 cannot be split evenly "
@@ -204,7 +338,7 @@ def test_epochs_and_a_changed_sweep_are_refused(capsys, tmp_path, faces):
     config_file = tmp_path / "base.yaml"
     config_file.write_text("epochs: 2\n")
     error = one_line_error(capsys, ["tune", "--dry-run", "--trials", "2", "--config", str(config_file)])
-    assert "a sweep's trials all run --max-steps steps" in error
+    assert "a sweep's trials all see the same number of images" in error
 
     base = TrainConfig(workdir=str(tmp_path / "sweep"), data=faces, **TINY)
     settings = SweepSettings(trials=2, max_steps=20, metric="loss/d")
@@ -215,7 +349,7 @@ def test_epochs_and_a_changed_sweep_are_refused(capsys, tmp_path, faces):
                                          r"that started it to resume it, or choose a new --workdir"):
         plan_sweep(base, SweepSettings(trials=3, max_steps=20, metric="loss/d"), fixed, log=lambda *_: None)
     with pytest.raises(ValueError, match=r"holds another sweep \(checkpoint_every: 5 -> 8; steps: 20 -> 30; "
-                                         r"grace_steps: 5 -> 7\)"):
+                                         r"budget_images: 1280 -> 1920; grace_images: 320 -> 480; "):
         plan_sweep(base, SweepSettings(trials=2, max_steps=30, metric="loss/d"), fixed, log=lambda *_: None)
 
 
@@ -239,6 +373,11 @@ def metric_rows(workdir: str) -> list[dict]:
     return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def tune_results(sweep: Path, trial: str) -> list[dict]:
+    """Every result Tune recorded for the trial, in order."""
+    return [json.loads(line) for line in (sweep / "tune" / trial / "result.json").read_text().splitlines()]
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_the_best(
@@ -250,11 +389,12 @@ def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_th
     # which only the trial finds out (the search space's checks do not read the data).
     space = space_file(tmp_path, "batch_size: {grid: [8, 16, 64]}\n")
     base = TrainConfig(workdir=str(sweep), data=data, cpus_per_worker=0.5, checkpoint_every=4, log_every=2,
-                       sample_every=100, eval_every=4, eval_samples=8, holdout_fraction=0.25,
-                       inception_weights="random", **TINY)
-    fixed = {"workdir", "data", "cpus_per_worker", "checkpoint_every", "log_every", "sample_every", "eval_every",
+                       sample_every=100, eval_samples=8, holdout_fraction=0.25, inception_weights="random", **TINY)
+    fixed = {"workdir", "data", "cpus_per_worker", "checkpoint_every", "log_every", "sample_every",
              "eval_samples", "holdout_fraction", "inception_weights", *TINY}
-    plan = plan_sweep(base, SweepSettings(trials=1, max_steps=8, search_space=space, grace_steps=4), fixed)
+    # 64 images each: 8 steps of 8, 4 of 16; a report with an evaluation every 32 images (4 or 2 steps).
+    plan = plan_sweep(base, SweepSettings(trials=1, max_images=64, report_every_images=32, search_space=space,
+                                          grace_images=32), fixed)
     # Added after the sweep listed its data: no trial may see it, since none lists the data again.
     upload(data, {"zz-late.png": image_bytes(49)["00048.png"]})
     outcome = execute_sweep(plan)
@@ -278,7 +418,8 @@ def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_th
         assert row.status in ("finished", "stopped early"), row
         config = json.loads((Path(row.workdir) / "config.json").read_text())
         assert Path(row.workdir) == sweep / "trials" / row.trial
-        assert (config["batch_size"], config["lr"], config["steps"]) == (batch, row.hyperparameters["lr"], 8)
+        assert (config["batch_size"], config["lr"], config["steps"], config["eval_every"]) == (
+            batch, row.hyperparameters["lr"], 64 // batch, 32 // batch)
         assert 1e-5 <= config["lr"] <= 1e-3 and (config["noise_dim"], config["cpus_per_worker"]) == (16, 0.5)
         assert config["data"] == data
         lrs.add(config["lr"])
@@ -286,10 +427,16 @@ def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_th
         assert sorted(index["items"] + index["holdout"]) == sorted(listing) and len(index["holdout"]) == 12
         fids = [(item["step"], item["eval/fid"]) for item in metric_rows(row.workdir) if "eval/fid" in item]
         assert fids and row.final == fids[-1][1] and row.best == min(fid for _, fid in fids)
+        # Tune saw every report with images_seen, its clock, one every 32 images, each with a fresh evaluation.
+        results = tune_results(sweep, row.trial)
+        assert [result["images_seen"] for result in results] == [32 * (index + 1) for index in range(len(results))]
+        assert all(result["images_seen"] == result["step"] * batch == result["eval/step"] * batch
+                   for result in results)
+        assert row.images_seen == results[-1]["images_seen"] == row.steps * batch
         if row.status == "finished":
-            assert row.steps == 8 and (Path(row.workdir) / "generator.keras").exists()
-        else:  # stopped by ASHA at its step-4 report; it may train on while Tune stops it
-            assert 4 <= row.steps <= 8 and not (Path(row.workdir) / "status.json").exists()
+            assert row.images_seen == 64 and (Path(row.workdir) / "generator.keras").exists()
+        else:  # stopped by ASHA at its 32-image report; it may train on while Tune stops it
+            assert 32 <= row.images_seen <= 64 and not (Path(row.workdir) / "status.json").exists()
         # W&B: each trial its own run, in the sweep's group.
         assert config["wandb_group"] == plan.name == "sweep"
         [run_file] = run_files(Path(row.workdir))
@@ -310,10 +457,8 @@ def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_th
         for row in outcome.rows]
     assert csv_rows[2]["error"] == failed.error and csv_rows[2]["final eval/fid"] == ""
 
-    # The best: the lowest final FID of the trials that ran to the end (of those stopped early if none did).
-    finished = [row for row in outcome.rows if row.status == "finished"] or [
-        row for row in outcome.rows if row.status == "stopped early"]
-    assert outcome.best == min(finished, key=lambda row: row.final)
+    # The best: Tune's, the lowest last reported FID.
+    assert outcome.best == min((row for row in outcome.rows if row.final is not None), key=lambda row: row.final)
     best_trial_config = json.loads((Path(outcome.best.workdir) / "config.json").read_text())
     assert cli_main(["train", "--config", str(sweep / "best-config.json"), "--dry-run",
                      "--workdir", str(tmp_path / "again")]) == 0
@@ -327,13 +472,70 @@ def test_a_sweep_on_fid_reports_every_trial_survives_a_failed_one_and_exports_th
     assert (best["trial"], best["final"]) == (outcome.best.trial, outcome.best.final)
 
 
+def checkpoint_files(folder: Path) -> dict:
+    return json.loads((folder / "state.json").read_text())["files"]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(1200)
+def test_pbt_copies_a_better_trials_checkpoint_into_a_worse_one_which_continues_from_it(ray_cluster, tmp_path):
+    sweep = tmp_path / "sweep"
+    # The discriminator's rate alone differs, from far too slow to far too fast: the trials rank by it (loss/g
+    # grows with it) from the first reports on, so the best trial holds a checkpoint PBT hands on, and the
+    # worst takes it. No data: the demo faces. Four trials at once (0.5 CPU each), 8 steps of 8 images; a
+    # report and a checkpoint every 2 steps, each a perturbation point but the last: three rounds.
+    space = space_file(tmp_path, "discriminator_lr: {grid: [1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2]}\n")
+    base = TrainConfig(workdir=str(sweep), batch_size=8, generator_lr=2e-4, cpus_per_worker=0.5, log_every=1,
+                       sample_every=2, keep_checkpoints=10, **TINY)
+    fixed = {"workdir", "batch_size", "generator_lr", "cpus_per_worker", "log_every", "sample_every",
+             "keep_checkpoints", *TINY}
+    plan = plan_sweep(base, SweepSettings(trials=1, max_images=64, report_every_images=16, perturb_every_images=16,
+                                          scheduler="pbt", metric="loss/g", search_space=space), fixed)
+    outcome = execute_sweep(plan)
+
+    assert [(row.status, row.steps, row.images_seen) for row in outcome.rows] == [("finished", 8, 64)] * 4
+    for row in outcome.rows:  # every result carries images_seen, PBT's clock: one every 16 images
+        assert all(result["images_seen"] == result["step"] * 8 and result["images_seen"] % 16 == 0
+                   for result in tune_results(sweep, row.trial))
+    # PBT's log: one line per exploit, [recipient's tag, donor's tag, ..., donor's values, new values].
+    exploits = [json.loads(line) for line in (sweep / "tune" / "pbt_global.txt").read_text().splitlines()]
+    assert exploits, "no trial exploited another in this sweep"
+    recipients = {f"trial-{int(tag.split('_')[0]):04d}": values for tag, _, _, _, _, values in exploits}
+    for trial, values in recipients.items():  # the last exploit of each recipient is the run it holds now
+        workdir = sweep / "trials" / trial
+        assert list((workdir / "archive").iterdir()), "the run before the exploit was set aside"
+        adopted = [folder for folder in sorted((workdir / "checkpoints").glob("checkpoint-*"))
+                   if json.loads((folder / "state.json").read_text())["config"]["workdir"] != str(workdir)]
+        assert len(adopted) == 1, adopted
+        state = json.loads((adopted[0] / "state.json").read_text())
+        step, donor = state["step"], Path(state["config"]["workdir"])
+        # The weights are the donor's at that step (its own folder, or its archive if it was exploited since).
+        [original] = [folder for folder in [donor / "checkpoints" / adopted[0].name,
+                                            *donor.glob(f"archive/*/checkpoints/{adopted[0].name}")]
+                      if folder.exists() and checkpoint_files(folder) == state["files"]]
+        assert (original / "generator.weights.h5").read_bytes() == (adopted[0] / "generator.weights.h5").read_bytes()
+        # The run continued from that step, with the value PBT gave it: the donor's, or a neighbour in the grid.
+        rows = metric_rows(str(workdir))
+        assert [row["step"] for row in rows] == list(range(step + 1, 9))
+        config = json.loads((workdir / "config.json").read_text())
+        assert config["discriminator_lr"] == values["discriminator_lr"] in (1e-5, 1e-4, 1e-3, 1e-2)
+        for row in rows:
+            assert row["lr/discriminator"] == pytest.approx(values["discriminator_lr"], rel=1e-6)
+            assert row["lr/generator"] == pytest.approx(2e-4, rel=1e-6)
+    assert outcome.best == min(outcome.rows, key=lambda row: row.final)
+    assert (sweep / "winners.png").stat().st_size > 0
+    # Tune's copies of the checkpoints only moved between trials: gone once the sweep ended.
+    assert not list((sweep / "tune").glob("trial-*/checkpoint_*"))
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(1200)
 def test_a_killed_sweep_started_again_keeps_its_finished_trials_and_completes_the_rest(tmp_path):
     sweep = tmp_path / "sweep"
     # No --data: the trials train on the built-in demo set, which the command puts into the sweep once.
     command = [sys.executable, "-m", "animegan", "tune", "--workdir", str(sweep), "--trials", "2",
-               "--concurrent", "1", "--max-steps", "6", "--metric", "loss/d", "--scheduler", "fifo",
+               "--concurrent", "1", "--max-steps", "6", "--report-every-images", "24", "--metric", "loss/d",
+               "--scheduler", "fifo",
                "--checkpoint-every", "3", "--log-every", "3", "--sample-every", "100", "--batch-size", "8",
                "--cpus-per-worker", "1", *TINY_FLAGS]
     # The command starts (and must stop) its own local Ray instance, apart from the test session's.

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     from animegan.failures import describe, is_actionable, root_cause
+    from animegan.preemption import PREEMPTED, PREEMPTED_EXIT_STATUS
 
     try:
         outcome = run_training(config, address=args.address, restart=args.restart,
@@ -57,4 +58,6 @@ def run(args: argparse.Namespace) -> int:
               f"  Fix the cause and run the same command again: it resumes from the latest checkpoint.",
               file=sys.stderr)
         return 1
+    if outcome.status == PREEMPTED:
+        return PREEMPTED_EXIT_STATUS  # a job's retry runs the same command, which resumes after the step
     return 0 if outcome.status == "finished" else 1

@@ -275,13 +275,16 @@ def test_dockerfile_installs_pyprojects_requirements_and_no_package_of_its_own()
                               str(REPO / "pyproject.toml"), *arguments[1:]], capture_output=True, text=True, check=True)
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    expected = project["dependencies"] + project["optional-dependencies"]["gpu"]
+    expected = project["dependencies"] + [requirement for extra in arguments[1:]
+                                          for requirement in project["optional-dependencies"][extra]]
     assert printed.stdout.splitlines() == expected
+    assert any(requirement.startswith("optuna") for requirement in expected)  # sweeps with --search optuna
     assert "tensorflow[and-cuda]>=2.18,<2.22" in expected  # TensorFlow's own CUDA libraries
 
     wrong = subprocess.run([sys.executable, str(CLUSTER / "pyproject_requirements.py"), str(REPO / "pyproject.toml"),
                             "cuda"], capture_output=True, text=True)
-    assert wrong.returncode == 2 and wrong.stderr.endswith("no extra named cuda (it has: gpu, test)\n")
+    extras = ", ".join(sorted(project["optional-dependencies"]))
+    assert wrong.returncode == 2 and wrong.stderr.endswith(f"no extra named cuda (it has: {extras})\n")
 
 
 def test_dockerfile_fills_the_fid_cache_at_a_fixed_path_as_an_unprivileged_user():

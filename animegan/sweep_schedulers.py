@@ -74,8 +74,9 @@ def make_scheduler(plan: "SweepPlan"):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if plan.scheduler == "asha":
+        # A trial at the horizon ends by itself: stopping it at its last report would cut off its export.
         return ASHAScheduler(time_attr="images_seen", max_t=plan.budget_images, grace_period=plan.grace_images,
-                             reduction_factor=ASHA_REDUCTION_FACTOR)
+                             reduction_factor=ASHA_REDUCTION_FACTOR, stop_last_trials=False)
     if plan.scheduler == "pbt":
         perturbed = perturbed_dimensions(plan.search_space.dimensions)
         return _population_based_training()(

@@ -326,6 +326,15 @@ def trials_at_once(resources: Mapping[str, float], config: TrainConfig, *, reque
     return max(1, min(fit, requested or fit, trials))
 
 
+def population_note(plan: SweepPlan, at_once: int) -> str | None:
+    """What the user should know when PBT's population is smaller than the sweep: None when it is not."""
+    if plan.scheduler != "pbt" or at_once >= plan.trial_count:
+        return None
+    return (f"PBT: the cluster hosts {at_once} of the {plan.trial_count} trials at once; PBT compares and copies "
+            f"only between trials that run together, and the others start as these end (--concurrent, or a "
+            f"larger cluster, to run the whole population)")
+
+
 def make_tuner(plan: SweepPlan, at_once: int, log: Callable[[str], None] = print):
     """Ray Tune's Tuner for the sweep: the stored experiment when there is one, else a new one."""
     from ray import tune
@@ -390,6 +399,9 @@ def execute_sweep(plan: SweepPlan, *, concurrent: int | None = None, address: st
             f" objective {plan.metric} ({plan.mode}), reported every {plan.report_every_images} images; scheduler "
             f"{plan.scheduler}, search {plan.search}\n  searching: {plan.search_space.describe()}\n"
             f"  workdir: {plan.workdir}")
+        note = population_note(plan, at_once)
+        if note:
+            log(note)
         results = make_tuner(plan, at_once, log).fit()
     finally:
         if started:

@@ -23,7 +23,8 @@ from animegan.cli import main as cli_main
 from animegan.config import TrainConfig
 from animegan.search_space import build_space, default_dimensions
 from animegan.sweep_report import status_of
-from animegan.tuning import OBJECTIVES, SweepSettings, execute_sweep, plan_sweep, trial_name, trials_at_once
+from animegan.tuning import (OBJECTIVES, SweepSettings, execute_sweep, plan_sweep, population_note, trial_name,
+                             trials_at_once)
 from tests.support.bucket_data import image_bytes, upload
 from tests.support.images import write_folder
 from tests.support.processes import group_alive, is_running, kill_tree
@@ -174,11 +175,15 @@ def test_the_schedulers_keep_time_in_images_seen(tmp_path, faces):
 
     asha = make_scheduler(quiet_plan(tmp_path, faces, SweepSettings(trials=2, max_images=640, grace_images=64,
                                                                     metric="loss/g")))
-    assert (asha._time_attr, asha._max_t) == ("images_seen", 640)
+    # A trial at the horizon is left to end by itself (exporting its generator), not stopped at its last report.
+    assert (asha._time_attr, asha._max_t, asha._stop_last_trials) == ("images_seen", 640, False)
     plan = quiet_plan(tmp_path, faces, SweepSettings(trials=4, max_images=640, report_every_images=64,
                                                      scheduler="pbt", metric="loss/g"))
     pbt = make_scheduler(plan)
     assert (pbt._time_attr, pbt._perturbation_interval) == ("images_seen", 64)  # at every report
+    # PBT compares only trials that run together: a cluster too small for the population is said before it starts.
+    assert population_note(plan, 4) is None
+    assert population_note(plan, 2).startswith("PBT: the cluster hosts 2 of the 4 trials at once; PBT compares")
 
 
 def test_pbt_perturbs_the_two_learning_rates_and_carries_shapes_and_batch_size_with_the_checkpoints(
